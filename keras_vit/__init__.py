@@ -1,0 +1,40 @@
+"""keras_vit: the Vision Transformer (Dosovitskiy et al., 2020) for Keras 3.
+
+    import keras_vit
+    model = keras_vit.ViTB16(num_classes=10)            # raw [0, 255] pixels in, logits out
+
+The model code runs on the TensorFlow, JAX and PyTorch backends; TensorFlow is imported only by the
+modules that need it (data pipelines, SavedModel/TFLite export, tf.distribute), lazily.
+"""
+
+import importlib
+
+from keras_vit import layers
+from keras_vit.models import (
+    VARIANTS,
+    ViT,
+    ViTB8,
+    ViTB16,
+    ViTB32,
+    ViTH14,
+    ViTL16,
+    ViTL32,
+    ViTS16,
+    ViTS32,
+    ViTTi16,
+    VisionTransformer,
+    preprocess_inputs,
+)
+
+__version__ = "0.1.0"
+
+# Submodules that need TensorFlow or heavy libraries load on first use: `keras_vit.export` etc.
+_LAZY_SUBMODULES = ("weights", "data", "training", "export", "explain", "benchmark", "cli", "labels")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"keras_vit.{name}")
+    if name == "load_pretrained":
+        return importlib.import_module("keras_vit.weights").load_pretrained
+    raise AttributeError(f"module 'keras_vit' has no attribute {name!r}")

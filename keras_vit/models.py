@@ -1,0 +1,295 @@
+"""The Vision Transformer as a functional Keras model, and its named variants.
+
+    model = keras_vit.ViTB16(num_classes=10)               # 224x224, [0, 255] pixels in, logits out
+    features = keras_vit.ViTS16(include_top=False)(images) # pooled features (batch, 384)
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_vit import layers as L
+
+POOLINGS = ("token", "gap", "map", None)
+
+# name: (patch_size, hidden_size, num_layers, num_heads, mlp_dim) of the paper and of AugReg
+# ("How to train your ViT", Steiner et al., 2021).
+VARIANTS = {
+    "Ti/16": (16, 192, 12, 3, 768),
+    "S/16": (16, 384, 12, 6, 1536),
+    "S/32": (32, 384, 12, 6, 1536),
+    "B/8": (8, 768, 12, 12, 3072),
+    "B/16": (16, 768, 12, 12, 3072),
+    "B/32": (32, 768, 12, 12, 3072),
+    "L/16": (16, 1024, 24, 16, 4096),
+    "L/32": (32, 1024, 24, 16, 4096),
+    "H/14": (14, 1280, 32, 16, 5120),
+}
+ARCHITECTURE_ARGS = ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim")
+
+GOOGLE_NORMALIZATION = (0.5, 0.5)  # [0, 255] -> [-1, 1]
+IMAGENET_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def variant_config(variant):
+    """`"B/16"` -> `{"patch_size": 16, "hidden_size": 768, ...}`; ValueError listing the valid names."""
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown ViT variant {variant!r}: expected one of {sorted(VARIANTS)}.")
+    return dict(zip(ARCHITECTURE_ARGS, VARIANTS[variant]))
+
+
+@keras.saving.register_keras_serializable(package=L.PACKAGE)
+class VisionTransformer(keras.Model):
+    """ViT (Dosovitskiy et al., 2020) as a functional model; build it with `keras_vit.ViT(...)`.
+
+    The graph is a chain of named layers: `images` -> `preprocessing` -> `patch_embedding` ->
+    `class_token` -> `position_embedding` -> [`register_tokens`] -> `embedding_dropout` ->
+    `encoderblock_0` ... `encoderblock_{L-1}` -> `encoder_norm` -> `pooling` | `map_head` ->
+    [`pre_logits`] -> `head`. `get_config()` returns the constructor arguments.
+    """
+
+    def __init__(self, image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads=12,
+                 mlp_dim=3072, num_classes=1000, include_top=True, pooling="token",
+                 representation_size=None, dropout_rate=0.0, attention_dropout_rate=0.0,
+                 drop_path_rate=0.0, include_preprocessing=True, classifier_activation=None,
+                 class_token=None, num_registers=0, layer_scale_init_value=None,
+                 normalization_mean=GOOGLE_NORMALIZATION[0], normalization_std=GOOGLE_NORMALIZATION[1],
+                 layer_norm_epsilon=L.LAYER_NORM_EPSILON, class_names=None, name=None, dtype=None,
+                 **kwargs):
+        image_size = L._pair(image_size, "image_size")
+        patch_size = L._pair(patch_size, "patch_size")
+        if class_token is None:
+            class_token = pooling == "token"
+        _validate(image_size, patch_size, hidden_size, num_heads, pooling, include_top, num_classes,
+                  class_token, class_names, dropout_rate, attention_dropout_rate, drop_path_rate)
+        grid = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
+        num_prefix = int(class_token)
+        policy = keras.dtype_policies.get(dtype) if dtype is not None else None
+
+        images = keras.Input(shape=(image_size[0], image_size[1], 3), name="images")
+        x = images
+        if include_preprocessing:
+            x = L.ImageNormalization(normalization_mean, normalization_std, dtype=policy,
+                                     name="preprocessing")(x)
+        x = L.PatchEmbedding(patch_size, hidden_size, dtype=policy, name="patch_embedding")(x)
+        if class_token:
+            x = L.ClassToken(dtype=policy, name="class_token")(x)
+        x = L.PositionEmbedding(grid, num_prefix, dtype=policy, name="position_embedding")(x)
+        if num_registers:
+            x = L.RegisterTokens(num_registers, num_prefix, dtype=policy,
+                                 name="register_tokens")(x)
+        x = keras.layers.Dropout(dropout_rate, dtype=policy, name="embedding_dropout")(x)
+        for i in range(num_layers):
+            # Stochastic depth grows linearly with depth, as in DeiT and timm.
+            rate = drop_path_rate * i / max(num_layers - 1, 1)
+            x = L.TransformerBlock(num_heads, mlp_dim, dropout_rate, attention_dropout_rate, rate,
+                                   layer_scale_init_value, layer_norm_epsilon, dtype=policy,
+                                   name=f"encoderblock_{i}")(x)
+        x = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy,
+                                            name="encoder_norm")(x)
+        if pooling == "map":
+            x = L.MAPHead(num_heads, mlp_dim, layer_norm_epsilon, dtype=policy, name="map_head")(x)
+        elif pooling is not None:
+            x = L.TokenPooling(pooling, num_prefix + num_registers, dtype=policy, name="pooling")(x)
+        if representation_size:
+            x = keras.layers.Dense(representation_size, activation="tanh", dtype=policy,
+                                   name="pre_logits")(x)
+        if include_top:
+            # Logits in float32 under mixed precision, so the loss and softmax stay stable.
+            head_policy = "float32" if _is_mixed(policy) else policy
+            x = keras.layers.Dense(num_classes, activation=classifier_activation,
+                                   kernel_initializer="zeros", dtype=head_policy, name="head")(x)
+        super().__init__(inputs=images, outputs=x, name=name or "vit", dtype=dtype, **kwargs)
+
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.grid_size = grid
+        self.hidden_size = int(hidden_size)
+        self.num_layers = int(num_layers)
+        self.num_heads = int(num_heads)
+        self.mlp_dim = int(mlp_dim)
+        self.num_classes = int(num_classes) if include_top else None
+        self.include_top = bool(include_top)
+        self.pooling = pooling
+        self.representation_size = representation_size
+        self.dropout_rate = float(dropout_rate)
+        self.attention_dropout_rate = float(attention_dropout_rate)
+        self.drop_path_rate = float(drop_path_rate)
+        self.include_preprocessing = bool(include_preprocessing)
+        self.classifier_activation = classifier_activation
+        self.class_token = bool(class_token)
+        self.num_registers = int(num_registers)
+        self.num_prefix_tokens = num_prefix + self.num_registers
+        self.layer_scale_init_value = layer_scale_init_value
+        self.normalization_mean = _as_list(normalization_mean)
+        self.normalization_std = _as_list(normalization_std)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.class_names = list(class_names) if class_names is not None else None
+
+    @property
+    def encoder_blocks(self):
+        """The `TransformerBlock` layers, in order (`encoderblock_0`, ...)."""
+        return [self.get_layer(f"encoderblock_{i}") for i in range(self.num_layers)]
+
+    def get_config(self):
+        return {
+            "image_size": list(self.image_size), "patch_size": list(self.patch_size),
+            "hidden_size": self.hidden_size, "num_layers": self.num_layers,
+            "num_heads": self.num_heads, "mlp_dim": self.mlp_dim,
+            "num_classes": self.num_classes if self.include_top else 0,
+            "include_top": self.include_top, "pooling": self.pooling,
+            "representation_size": self.representation_size, "dropout_rate": self.dropout_rate,
+            "attention_dropout_rate": self.attention_dropout_rate,
+            "drop_path_rate": self.drop_path_rate,
+            "include_preprocessing": self.include_preprocessing,
+            "classifier_activation": keras.activations.serialize(
+                keras.activations.get(self.classifier_activation))
+            if self.classifier_activation is not None else None,
+            "class_token": self.class_token, "num_registers": self.num_registers,
+            "layer_scale_init_value": self.layer_scale_init_value,
+            "normalization_mean": self.normalization_mean,
+            "normalization_std": self.normalization_std,
+            "layer_norm_epsilon": self.layer_norm_epsilon, "class_names": self.class_names,
+            "name": self.name, "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        activation = config.get("classifier_activation")
+        if isinstance(activation, (dict, str)):
+            config["classifier_activation"] = keras.activations.deserialize(activation) if isinstance(
+                activation, dict) else activation
+        return cls(**config)
+
+
+def _as_list(value):
+    return [float(v) for v in np.ravel(value)]
+
+
+def _is_mixed(policy):
+    policy = policy or keras.config.dtype_policy()
+    return policy.compute_dtype != policy.variable_dtype
+
+
+def _validate(image_size, patch_size, hidden_size, num_heads, pooling, include_top, num_classes,
+              class_token, class_names, *rates):
+    for axis, size, patch in zip(("height", "width"), image_size, patch_size):
+        if size <= 0 or patch <= 0 or size % patch:
+            raise ValueError(
+                f"image_size {image_size} is not divisible by patch_size {patch_size}: the image "
+                f"{axis} {size} must be a positive multiple of the patch {axis} {patch}."
+            )
+    if hidden_size <= 0 or num_heads <= 0 or hidden_size % num_heads:
+        raise ValueError(
+            f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}: each head needs "
+            f"hidden_size / num_heads channels."
+        )
+    if pooling not in POOLINGS:
+        raise ValueError(f"Unknown pooling {pooling!r}: expected one of {list(POOLINGS)}.")
+    if pooling == "token" and not class_token:
+        raise ValueError("pooling='token' needs class_token=True: it pools the class token.")
+    if include_top and pooling is None:
+        raise ValueError("include_top=True needs a pooling ('token', 'gap' or 'map'), not None.")
+    if include_top and (not isinstance(num_classes, (int, np.integer)) or num_classes <= 0):
+        raise ValueError(f"num_classes must be a positive int with include_top=True, got {num_classes!r}.")
+    if class_names is not None and include_top and len(class_names) != num_classes:
+        raise ValueError(
+            f"class_names has {len(class_names)} names but num_classes is {num_classes}."
+        )
+    for rate in rates:
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"Dropout and drop-path rates must be in [0, 1), got {rate}.")
+
+
+def ViT(image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072,
+        num_classes=1000, include_top=True, pooling="token", representation_size=None,
+        dropout_rate=0.0, attention_dropout_rate=0.0, drop_path_rate=0.0,
+        include_preprocessing=True, classifier_activation=None, weights=None, name=None,
+        resample_method=None, **kwargs):
+    """Builds a Vision Transformer; returns a functional `keras.Model` (`VisionTransformer`).
+
+    Args:
+        image_size: int or `(height, width)`, divisible by `patch_size`.
+        num_classes: size of the classification head (zeros-initialised, as the paper does).
+        include_top: False returns the pooled features (or all tokens with `pooling=None`).
+        pooling: `"token"` (class token), `"gap"` (mean of the patch tokens), `"map"` (attention
+            pooling, as big_vision) or None.
+        include_preprocessing: True takes raw pixels in [0, 255] and normalises in the graph.
+        weights: None, a registered name (`"imagenet21k"`, `"imagenet21k+imagenet2012"`, ...) or a
+            local checkpoint (Google `.npz`, Hugging Face directory or `.safetensors`, timm
+            `.safetensors`). Another `image_size` resamples the position embeddings; another
+            `num_classes` re-initialises the head.
+        resample_method: `"bilinear"` or `"bicubic"` for position-embedding resampling when
+            loading `weights` at another size; None uses the checkpoint source's own method.
+        **kwargs: `class_token`, `num_registers`, `layer_scale_init_value`, `normalization_mean`,
+            `normalization_std`, `layer_norm_epsilon`, `class_names`, `dtype`.
+
+    Example:
+        >>> model = keras_vit.ViT(image_size=32, patch_size=4, hidden_size=64, num_layers=2,
+        ...                       num_heads=4, mlp_dim=128, num_classes=10)
+    """
+    config = dict(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
+                  num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim,
+                  num_classes=num_classes, include_top=include_top, pooling=pooling,
+                  representation_size=representation_size, dropout_rate=dropout_rate,
+                  attention_dropout_rate=attention_dropout_rate, drop_path_rate=drop_path_rate,
+                  include_preprocessing=include_preprocessing,
+                  classifier_activation=classifier_activation, name=name, **kwargs)
+    if weights is None:
+        return VisionTransformer(**config)
+    from keras_vit import weights as weights_lib
+
+    return weights_lib.build_with_weights(config, weights, resample_method=resample_method)
+
+
+def _variant_builder(variant, function_name):
+    architecture = variant_config(variant)
+
+    def builder(image_size=224, num_classes=1000, include_top=True, weights=None, **kwargs):
+        clash = sorted(set(kwargs) & set(ARCHITECTURE_ARGS))
+        if clash:
+            raise ValueError(
+                f"{function_name} fixes {clash}; use keras_vit.ViT(...) for another architecture."
+            )
+        return ViT(image_size=image_size, num_classes=num_classes, include_top=include_top,
+                   weights=weights, **architecture, **{"name": function_name.lower(), **kwargs})
+
+    patch, hidden, depth, heads, mlp = VARIANTS[variant]
+    builder.__name__ = builder.__qualname__ = function_name
+    builder.__doc__ = (
+        f"ViT-{variant}: patch {patch}, width {hidden}, {depth} blocks, {heads} heads, MLP {mlp}.\n\n"
+        f"Takes the keyword arguments of `keras_vit.ViT` except the architecture ones.\n\n"
+        f"    model = keras_vit.{function_name}(num_classes=10, weights=None)\n"
+    )
+    return builder
+
+
+ViTTi16 = _variant_builder("Ti/16", "ViTTi16")
+ViTS16 = _variant_builder("S/16", "ViTS16")
+ViTS32 = _variant_builder("S/32", "ViTS32")
+ViTB8 = _variant_builder("B/8", "ViTB8")
+ViTB16 = _variant_builder("B/16", "ViTB16")
+ViTB32 = _variant_builder("B/32", "ViTB32")
+ViTL16 = _variant_builder("L/16", "ViTL16")
+ViTL32 = _variant_builder("L/32", "ViTL32")
+ViTH14 = _variant_builder("H/14", "ViTH14")
+VARIANT_BUILDERS = {
+    "ViTTi16": ViTTi16, "ViTS16": ViTS16, "ViTS32": ViTS32, "ViTB8": ViTB8, "ViTB16": ViTB16,
+    "ViTB32": ViTB32, "ViTL16": ViTL16, "ViTL32": ViTL32, "ViTH14": ViTH14,
+}
+
+
+def preprocess_inputs(images, mean=GOOGLE_NORMALIZATION[0], std=GOOGLE_NORMALIZATION[1]):
+    """What `include_preprocessing=True` does inside the model, for pipelines that normalise outside.
+
+    `images`: pixels in [0, 255], `(..., 3)`. Returns float32 `(images / 255 - mean) / std`.
+
+    >>> keras_vit.preprocess_inputs(np.array([[[0, 255, 127.5]]]))  # [-1, 1, 0] per channel
+    """
+    mean = ops.convert_to_tensor(np.broadcast_to(np.asarray(mean, "float32"), (3,)))
+    std = ops.convert_to_tensor(np.broadcast_to(np.asarray(std, "float32"), (3,)))
+    return (ops.cast(images, "float32") / 255.0 - mean) / std

@@ -1,0 +1,33 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="keras-vision-transformer",  # the PyPI name `keras-vit` belongs to an unrelated project
+    version="0.1.0",
+    description="The Vision Transformer (ViT) for Keras 3 and TensorFlow: published checkpoints, "
+    "training, SavedModel/TFLite export and explainability.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["keras_vit", "keras_vit.*"]),
+    package_data={"keras_vit": ["*.txt"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "keras>=3.10",
+        "tensorflow>=2.18",
+        "tensorflow-datasets>=4.9",
+        "numpy",
+        "pillow",
+        "matplotlib",
+        "safetensors",
+        "scikit-learn",  # ships the real 8x8 digits dataset of `keras-vit train`'s default run
+        "ai-edge-litert",
+    ],
+    extras_require={
+        # Test-only references. torch is pinned to the CPU build these machines provide: an
+        # unpinned torch pulls gigabytes of CUDA packages.
+        "test": ["pytest", "torch==2.13.0", "transformers", "jax[cpu]", "tensorflow-serving-api", "scipy"],
+        "benchmark": ["keras-hub", "torch==2.13.0", "transformers"],
+    },
+    entry_points={"console_scripts": ["keras-vit=keras_vit.cli:main"]},
+    license="Apache-2.0",
+    classifiers=["Programming Language :: Python :: 3", "Framework :: Keras"],
+)
