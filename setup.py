@@ -19,13 +19,16 @@ setup(
         "matplotlib",
         "safetensors",
         "scikit-learn",  # ships the real 8x8 digits dataset of `keras-vit train`'s default run
-        "ai-edge-litert",
+        "ai-edge-litert",  # runs exported .tflite files (tf.lite.Interpreter is deprecated)
+        "tensorboard",  # the TensorBoard logs of every training run
     ],
     extras_require={
         # Test-only references. torch is pinned to the CPU build these machines provide: an
         # unpinned torch pulls gigabytes of CUDA packages.
         "test": ["pytest", "torch==2.13.0", "transformers", "jax[cpu]", "tensorflow-serving-api", "scipy"],
-        "benchmark": ["keras-hub", "torch==2.13.0", "transformers"],
+        "benchmark": ["keras-hub", "torch==2.13.0", "transformers"],  # timm (GPU runs) needs torchvision: install it by hand there
+        # The gRPC client of examples/serving_client.py.
+        "serving": ["tensorflow-serving-api"],
     },
     entry_points={"console_scripts": ["keras-vit=keras_vit.cli:main"]},
     license="Apache-2.0",

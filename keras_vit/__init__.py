@@ -29,7 +29,8 @@ from keras_vit.models import (
 __version__ = "0.1.0"
 
 # Submodules that need TensorFlow or heavy libraries load on first use: `keras_vit.export` etc.
-_LAZY_SUBMODULES = ("weights", "data", "training", "export", "explain", "benchmark", "cli", "labels")
+_LAZY_SUBMODULES = ("weights", "data", "training", "export", "explain", "benchmark", "cli", "labels",
+                    "predict", "inference", "images")
 
 
 def __getattr__(name):

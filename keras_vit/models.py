@@ -59,7 +59,8 @@ class VisionTransformer(keras.Model):
         image_size = L._pair(image_size, "image_size")
         patch_size = L._pair(patch_size, "patch_size")
         if class_token is None:
-            class_token = pooling == "token"
+            # Google's GAP and big_vision's MAP models have no class token; the classic ViT has one.
+            class_token = pooling in ("token", None)
         _validate(image_size, patch_size, hidden_size, num_heads, pooling, include_top, num_classes,
                   class_token, class_names, dropout_rate, attention_dropout_rate, drop_path_rate)
         grid = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
