@@ -1,0 +1,975 @@
+"""Pretrained checkpoints: Google `.npz` (ViT paper, AugReg, big_vision), Hugging Face and timm.
+
+    model = keras_vit.ViTB16(weights="imagenet21k+imagenet2012")       # registered: download, cache
+    model = keras_vit.ViTB16(weights="imagenet21k", image_size=384, num_classes=10)  # fine-tuning
+    model = keras_vit.load_pretrained("google-vit-base-patch16-224/")  # HF folder
+    model = keras_vit.load_pretrained("deit_tiny_patch16_224/model.safetensors")     # timm file
+
+Every format is converted to one canonical state dict `{keras variable path: np.ndarray}` (the
+paths in `keras_vit.layers`' docstring), then assigned by `variable.path` with strict checks. The
+format is told by the file's contents, never by its name; pickles (`.pth`, `.bin`) are refused.
+This module needs NumPy and `safetensors` only (no TensorFlow).
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import zipfile
+
+import numpy as np
+
+from keras_vit import layers as L
+from keras_vit import models as M
+
+logger = logging.getLogger("keras_vit")
+
+# The standard ViT widths and their head counts (Ti, S, B, L, H), for checkpoints whose tensors
+# cannot tell the number of heads and that come without a config.
+STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle")
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry of published weights
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsEntry:
+    """A published checkpoint: where it is, what it holds, and its SHA-256 once pinned."""
+
+    url: str
+    resolution: int
+    num_classes: int
+    description: str
+    sha256: str = None  # None: not pinned yet; the downloaded file's hash is logged
+
+    @property
+    def fname(self):
+        """Cache file name; the paper's folders reuse base names, so the folder is part of it."""
+        folder, name = self.url.split("/")[-2:]
+        return name if folder == "augreg" else f"{folder.replace('%2B', '+')}_{name}"
+
+
+_GCS = "https://storage.googleapis.com/vit_models"
+_AUGREG = {  # variant: (pre-training file stem, 224px fine-tuned stem, 384px fine-tuned stem)
+    # Pre-training and 384px: the recommended checkpoints of google-research/vision_transformer's
+    # README; 224px: the ones timm ships.
+    "Ti/16": ("Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0",
+              "--imagenet2012-steps_20k-lr_0.03-res_224", "--imagenet2012-steps_20k-lr_0.03-res_384"),
+    "S/16": ("S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0",
+             "--imagenet2012-steps_20k-lr_0.03-res_224", "--imagenet2012-steps_20k-lr_0.03-res_384"),
+    "S/32": ("S_32-i21k-300ep-lr_0.001-aug_none-wd_0.1-do_0.0-sd_0.0", None,
+             "--imagenet2012-steps_20k-lr_0.01-res_384"),
+    "B/16": ("B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0",
+             "--imagenet2012-steps_20k-lr_0.01-res_224", "--imagenet2012-steps_20k-lr_0.03-res_384"),
+    "B/32": ("B_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0", None,
+             "--imagenet2012-steps_20k-lr_0.01-res_384"),
+    "B/8": ("B_8-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0",
+            "--imagenet2012-steps_20k-lr_0.01-res_224", None),
+    "L/16": ("L_16-i21k-300ep-lr_0.001-aug_strong1-wd_0.1-do_0.0-sd_0.0", None,
+             "--imagenet2012-steps_20k-lr_0.01-res_384"),
+}
+# 224px fine-tunes that timm ships from other pre-training runs than the recommended ones.
+_AUGREG_224_OTHER = {
+    "S/32": "S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224",
+    "B/32": "B_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224",
+    "L/16": "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224",
+}
+_AUGREG_IN1K = {  # AugReg trained on ImageNet-1k only
+    "S/16": "S_16-i1k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_224",
+    "B/16": "B_16-i1k-300ep-lr_0.001-aug_strong2-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224",
+    "B/32": "B_32-i1k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224",
+}
+
+
+def _build_registry():
+    registry = {}
+    for variant in ("B/16", "B/32", "L/16", "L/32", "H/14"):
+        file = f"ViT-{variant.replace('/', '_')}.npz"
+        registry[variant, "imagenet21k"] = WeightsEntry(
+            f"{_GCS}/imagenet21k/{file}", 224, 21843,
+            "ViT paper, ImageNet-21k pre-training (zero head: for fine-tuning)")
+        if variant != "H/14":
+            registry[variant, "imagenet21k+imagenet2012"] = WeightsEntry(
+                f"{_GCS}/imagenet21k%2Bimagenet2012/{file}", 384, 1000,
+                "ViT paper, ImageNet-21k pre-training, ImageNet-1k fine-tuning at 384px")
+    for variant in ("B/16", "L/16"):
+        file = f"ViT-{variant.replace('/', '_')}-224.npz"
+        registry[variant, "imagenet21k+imagenet2012_224"] = WeightsEntry(
+            f"{_GCS}/imagenet21k%2Bimagenet2012/{file}", 224, 1000,
+            "ViT paper, ImageNet-21k pre-training, ImageNet-1k fine-tuning at 224px")
+    for variant, (stem, ft224, ft384) in _AUGREG.items():
+        registry[variant, "augreg_in21k"] = WeightsEntry(
+            f"{_GCS}/augreg/{stem}.npz", 224, 21843, "AugReg, ImageNet-21k pre-training")
+        stem224 = stem + ft224 if ft224 else _AUGREG_224_OTHER[variant]
+        registry[variant, "augreg_in21k_ft_in1k"] = WeightsEntry(
+            f"{_GCS}/augreg/{stem224}.npz", 224, 1000,
+            "AugReg, ImageNet-21k pre-training, ImageNet-1k fine-tuning at 224px")
+        if ft384:
+            registry[variant, "augreg_in21k_ft_in1k_384"] = WeightsEntry(
+                f"{_GCS}/augreg/{stem}{ft384}.npz", 384, 1000,
+                "AugReg, ImageNet-21k pre-training, ImageNet-1k fine-tuning at 384px")
+    for variant, stem in _AUGREG_IN1K.items():
+        registry[variant, "augreg_in1k"] = WeightsEntry(
+            f"{_GCS}/augreg/{stem}.npz", 224, 1000, "AugReg, ImageNet-1k only")
+    # The paper published no Ti/S/B-8 models: their paper-style names point at AugReg's.
+    for variant in ("Ti/16", "S/16", "S/32", "B/8"):
+        registry[variant, "imagenet21k"] = registry[variant, "augreg_in21k"]
+        fine_tuned = registry.get((variant, "augreg_in21k_ft_in1k_384"),
+                                  registry[variant, "augreg_in21k_ft_in1k"])
+        registry[variant, "imagenet21k+imagenet2012"] = fine_tuned
+    return registry
+
+
+REGISTRY = _build_registry()
+
+
+def describe_registry():
+    """Printable lines, one per registered checkpoint (`keras-vit info` shows them)."""
+    lines = ["Registered weights (variant, name, resolution, classes, SHA-256, URL):"]
+    for (variant, name), entry in sorted(REGISTRY.items()):
+        pinned = entry.sha256[:12] if entry.sha256 else "not pinned"
+        lines.append(f"  {variant:<6} {name:<30} {entry.resolution}px {entry.num_classes:>6} classes"
+                     f"  sha256: {pinned:<12}  {entry.url}")
+    lines.append("Use them as keras_vit.ViTB16(weights='imagenet21k') or "
+                 "keras_vit.load_pretrained('B/16:imagenet21k'); local files load by path.")
+    return lines
+
+
+def registry_entry(variant, name):
+    """The `WeightsEntry` for `(variant, name)`; ValueError listing the valid names otherwise."""
+    if (variant, name) not in REGISTRY:
+        names = sorted(n for v, n in REGISTRY if v == variant)
+        raise ValueError(
+            f"No registered weights {name!r} for ViT-{variant}: expected one of {names}"
+            + ("" if names else " (none are registered for this variant)")
+            + ", or a local checkpoint path."
+        )
+    return REGISTRY[variant, name]
+
+
+def download(entry):
+    """Downloads (once; cached under ~/.keras/keras_vit) and verifies a registered checkpoint."""
+    import keras
+
+    try:
+        path = keras.utils.get_file(entry.fname, entry.url, file_hash=entry.sha256,
+                                    cache_subdir="keras_vit")
+    except ValueError as error:  # keras' hash mismatch
+        raise ValueError(f"Downloaded {entry.url} does not match its SHA-256 {entry.sha256}: "
+                         f"{error}") from None
+    except Exception as error:
+        raise ConnectionError(
+            f"Could not download {entry.url} ({error}). Without network access, fetch the file "
+            f"elsewhere and pass its local path instead of the name, e.g. "
+            f"keras_vit.load_pretrained('/path/to/{entry.fname}')."
+        ) from None
+    if entry.sha256 is None:
+        verify_local_pin(path, entry.url)
+    return path
+
+
+def verify_local_pin(path, url):
+    """Trust on first use for registry entries without a published SHA-256.
+
+    The first download's hash is written beside the file (`<file>.sha256`); every later load checks
+    the cached file against it, so a file changed or truncated in the cache is refused.
+    """
+    digest, pin = _sha256(path), path + ".sha256"
+    if not os.path.exists(pin):
+        with open(pin, "w", encoding="utf-8") as file:
+            file.write(digest + "\n")
+        logger.warning("%s has no SHA-256 in keras_vit's registry: pinned the downloaded file's "
+                       "SHA-256 %s in %s; later loads are verified against it.", url, digest, pin)
+        return digest
+    with open(pin, encoding="utf-8") as file:
+        pinned = file.read().strip()
+    if digest != pinned:
+        raise ValueError(
+            f"The cached checkpoint {path} has SHA-256 {digest}, but {pinned} was pinned when it "
+            f"was downloaded from {url}. Delete both files to download it again."
+        )
+    return digest
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _variant_of(config):
+    """`"B/16"` for a ViT kwargs dict with that patch, width and depth; None otherwise."""
+    patch = L._pair(config.get("patch_size", 16), "patch_size")
+    for variant, (p, hidden, depth, _, _) in M.VARIANTS.items():
+        if patch == (p, p) and (config.get("hidden_size"), config.get("num_layers")) == (hidden, depth):
+            return variant
+    return None
+
+
+def _resolve(path_or_name):
+    """A local path as it is; `"B/16:imagenet21k"` or a registered file name -> downloaded path."""
+    path = os.fspath(path_or_name)
+    if os.path.exists(path):
+        return path
+    if ":" in path:
+        variant, name = path.split(":", 1)
+        if variant in M.VARIANTS:
+            return download(registry_entry(variant, name))
+    for entry in REGISTRY.values():
+        if path in (entry.fname, entry.url.rsplit("/", 1)[-1], entry.url):
+            return download(entry)
+    raise FileNotFoundError(
+        f"No checkpoint at {path!r}: expected a local file or folder (Google .npz, Hugging Face "
+        f"folder or .safetensors, timm .safetensors), 'VARIANT:NAME' such as 'B/16:imagenet21k', "
+        f"or a registered file name (keras_vit.weights.describe_registry() lists them)."
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading files
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A checkpoint converted to keras_vit's variable paths, with what it says about itself.
+
+    `architecture` holds `VisionTransformer` kwargs (patch_size, hidden_size, num_layers,
+    num_heads, mlp_dim, image_size, num_classes (None without a head), representation_size,
+    pooling, class_token, num_registers, layer_scale_init_value).
+    """
+
+    state: dict
+    architecture: dict
+    normalization: tuple  # (mean, std) of [0, 1] pixels
+    layer_norm_epsilon: float
+    class_names: list
+    source_format: str  # "google_npz", "big_vision", "huggingface" or "timm"
+    resample_method: str  # how the source resamples position embeddings
+    antialias: bool = False
+    path: str = ""
+
+
+def read_checkpoint(path, num_heads=None):
+    """Reads a checkpoint file or folder into a `Checkpoint`; the format comes from its contents.
+
+    `num_heads` is needed only where neither the tensors nor a config tell it (a timm or Hugging
+    Face file of a non-standard width without its config.json).
+
+    >>> ckpt = read_checkpoint("deit_tiny_patch16_224/model.safetensors")
+    >>> ckpt.architecture["hidden_size"], ckpt.source_format  # (192, 'timm')
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No checkpoint file or folder at {path!r}.")
+    files, folder = ([], path) if os.path.isdir(path) else ([path], os.path.dirname(path))
+    if not files:
+        files = _weight_files_in(folder)
+    configs = {name: _read_json(os.path.join(folder, name))
+               for name in ("config.json", "preprocessor_config.json")
+               if os.path.isfile(os.path.join(folder, name))}
+    kind = _sniff(files[0])
+    tensors = _read_npz(files[0]) if kind == "npz" else _read_safetensors(files)
+    keys = set(tensors)
+    if kind == "npz":
+        checkpoint = _from_google(tensors, files[0])
+    elif any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in keys):
+        checkpoint = _from_huggingface(tensors, configs, files[0], num_heads)
+    elif "patch_embed.proj.weight" in keys:
+        checkpoint = _from_timm(tensors, configs.get("config.json", {}), files[0], num_heads)
+    else:
+        raise ValueError(
+            f"{files[0]!r} is a safetensors file but not a ViT checkpoint this library knows: "
+            f"expected Hugging Face keys ('vit.embeddings.patch_embeddings.projection.weight', ...) "
+            f"or timm keys ('patch_embed.proj.weight', ...); it has {sorted(keys)[:5]} ..."
+        )
+    checkpoint.path = path
+    return checkpoint
+
+
+def _weight_files_in(folder):
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):  # sharded Hugging Face checkpoint
+        shards = sorted(set(_read_json(index)["weight_map"].values()))
+        return [os.path.join(folder, shard) for shard in shards]
+    for name in ("model.safetensors", "open_clip_model.safetensors"):
+        if os.path.isfile(os.path.join(folder, name)):
+            return [os.path.join(folder, name)]
+    found = sorted(os.listdir(folder))
+    weights = [f for f in found if f.endswith((".safetensors", ".npz"))]
+    if len(weights) == 1:
+        return [os.path.join(folder, weights[0])]
+    pickles = [f for f in found if f.endswith(PICKLE_SUFFIXES)]
+    if pickles:
+        _refuse_pickle(os.path.join(folder, pickles[0]))
+    raise FileNotFoundError(
+        f"Folder {folder!r} holds no single checkpoint: expected model.safetensors (Hugging Face, "
+        f"timm) or one .npz / .safetensors file, found {found}."
+    )
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Could not read the JSON file {path!r}: {error}") from None
+
+
+def _refuse_pickle(path):
+    raise ValueError(
+        f"{path!r} is a pickle-based PyTorch checkpoint. keras_vit never unpickles files (a pickle "
+        f"can run arbitrary code). Convert it to safetensors first, e.g. in PyTorch: "
+        f"`safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors')`, "
+        f"or download the model.safetensors that Hugging Face / timm publish."
+    )
+
+
+def _sniff(path):
+    """'npz' or 'safetensors' from the first bytes; clear errors for pickles, text and truncation."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile as error:
+            raise ValueError(f"{path!r} is a truncated or corrupt zip/.npz file: {error}.") from None
+        if any(n.endswith(".pkl") for n in names):
+            _refuse_pickle(path)
+        if names and all(n.endswith(".npy") for n in names):
+            return "npz"
+        raise ValueError(f"{path!r} is a zip file but not an .npz checkpoint: it holds {names[:5]}.")
+    if head[:1] == b"\x80" or path.endswith(PICKLE_SUFFIXES):
+        _refuse_pickle(path)
+    if len(head) >= 9 and head[8:9] == b"{":
+        header_size = int.from_bytes(head[:8], "little")
+        if 8 + header_size > size:
+            raise ValueError(f"{path!r} is a truncated safetensors file: its header says "
+                             f"{header_size} header bytes, the file has {size} bytes in all.")
+        return "safetensors"
+    raise ValueError(
+        f"{path!r} is not a checkpoint: expected a Google .npz (zip) or a .safetensors file, got a "
+        f"file of {size} bytes starting with {head[:12]!r}."
+    )
+
+
+def _read_npz(path):
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(f"Could not read {path!r} as .npz (truncated, corrupt, or holding "
+                         f"pickled objects, which are not loaded): {error}") from None
+
+
+def _read_safetensors(paths):
+    from safetensors.numpy import load_file
+
+    tensors = {}
+    for path in paths:
+        try:
+            tensors.update(load_file(path))
+        except Exception as error:  # safetensors' own error type varies between versions
+            raise ValueError(f"Could not read {path!r} as safetensors (truncated or corrupt, or a "
+                             f"dtype NumPy lacks, such as bfloat16: save it as float32): "
+                             f"{error}") from None
+    return tensors
+
+
+class _Tensors:
+    """The source's tensors; `take` removes one (a clear error when absent), so what is left at
+    the end is unexpected."""
+
+    def __init__(self, tensors, path):
+        self.tensors = dict(tensors)
+        self.path = path
+
+    def __contains__(self, key):
+        return key in self.tensors
+
+    def take(self, key, needed_for):
+        if key not in self.tensors:
+            raise ValueError(f"Checkpoint {self.path!r} lacks the tensor {key!r} (needed for "
+                             f"{needed_for}).")
+        return np.asarray(self.tensors.pop(key))
+
+    def check_consumed(self, source_format):
+        if self.tensors:
+            names = sorted(self.tensors)
+            raise ValueError(
+                f"Checkpoint {self.path!r} ({source_format}) has {len(names)} tensor(s) this "
+                f"architecture has no place for: {names[:10]}"
+                f"{' ...' if len(names) > 10 else ''} (shapes "
+                f"{[tuple(np.shape(self.tensors[n])) for n in names[:3]]}...)."
+            )
+
+
+def _square_grid(length, path):
+    side = int(round(np.sqrt(length)))
+    if side * side != length:
+        raise ValueError(f"Cannot infer the patch grid of {path!r}: {length} position-embedding "
+                         f"entries are not a square grid; give the image size in a config.json.")
+    return side, side
+
+
+def _canonical_position_embedding(pos, grid, num_prefix, path):
+    """Splits a source position embedding into (prefix entries, grid entries).
+
+    `num_prefix` is how many leading tokens (class, registers) the model puts before the patches.
+    Sources that add the position embedding before prepending those tokens (big_vision, timm's
+    `no_embed_class`) have none for them: they get zeros, which computes the same thing.
+    """
+    count = grid[0] * grid[1]
+    if pos.ndim == 2:
+        pos = pos[None]
+    if pos.shape[1] == count + num_prefix:
+        return pos[:, :num_prefix], pos[:, num_prefix:]
+    if pos.shape[1] == count:
+        return np.zeros((1, num_prefix, pos.shape[-1]), pos.dtype), pos
+    raise ValueError(f"Checkpoint {path!r}: position embedding of shape {pos.shape} fits neither "
+                     f"{count} patches ({grid[0]}x{grid[1]}) nor {count + num_prefix} tokens.")
+
+
+def _fold_prefix(state, prefix_pos, has_class, num_registers):
+    """Class entry -> position embedding; register entries are added to the register tokens,
+    because this model adds no position to registers (the sum is what the source computes)."""
+    class_pos = prefix_pos[:, : int(has_class)]
+    if num_registers:
+        state["register_tokens/tokens"] = state["register_tokens/tokens"] + prefix_pos[:, int(has_class):]
+    return class_pos
+
+
+# ----------------------------------------------------------------------------------------------
+# Google: vision_transformer / AugReg .npz and big_vision .npz
+
+
+def _from_google(raw, path):
+    big_vision = any(k.startswith("params/") for k in raw) or "pos_embedding" in raw
+    prefix = "params/" if any(k.startswith("params/") for k in raw) else ""
+    if any(k.startswith(prefix + "img/") for k in raw):  # two-tower (LiT / SigLIP): image tower
+        prefix += "img/"
+    tensors = _Tensors({k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}, path)
+    _unstack_scanned_blocks(tensors)
+    state = {}
+    kernel = tensors.take("embedding/kernel", "patch_embedding/projection/kernel")
+    patch, hidden = (int(kernel.shape[0]), int(kernel.shape[1])), int(kernel.shape[-1])
+    state["patch_embedding/projection/kernel"] = kernel
+    state["patch_embedding/projection/bias"] = tensors.take("embedding/bias", "patch_embedding")
+    has_class = "cls" in tensors
+    if has_class:
+        state["class_token/token"] = tensors.take("cls", "class_token/token")
+    pos_key = next((k for k in ("Transformer/posembed_input/pos_embedding", "pos_embedding",
+                                "Transformer/pos_embedding") if k in tensors), "pos_embedding")
+    pos = tensors.take(pos_key, "position_embedding/embedding")
+    length = pos.shape[1]
+    grid = _square_grid(length - 1 if has_class and _is_square(length - 1) else length, path)
+    class_pos, grid_pos = _canonical_position_embedding(pos, grid, int(has_class), path)
+    state["position_embedding/embedding"] = np.concatenate([class_pos, grid_pos], axis=1)
+
+    depth = len({k.split("/")[1] for k in tensors.tensors
+                 if re.match(r"Transformer/encoderblock_\d+/", k)})
+    heads = mlp_dim = None
+    for i in range(depth):
+        heads, mlp_dim = _google_block(tensors, f"Transformer/encoderblock_{i}/",
+                                       f"encoderblock_{i}/", state)
+    state["encoder_norm/gamma"] = tensors.take("Transformer/encoder_norm/scale", "encoder_norm")
+    state["encoder_norm/beta"] = tensors.take("Transformer/encoder_norm/bias", "encoder_norm")
+    pooling = "token" if has_class else "gap"
+    if "MAPHead_0/probe" in tensors:
+        pooling = "map"
+        _google_map_head(tensors, state)
+    representation_size = _dense(tensors, "pre_logits", "pre_logits", state)
+    num_classes = _dense(tensors, "head", "head", state)
+    tensors.check_consumed("Google .npz")
+    architecture = dict(
+        patch_size=patch, hidden_size=hidden, num_layers=depth, num_heads=heads, mlp_dim=mlp_dim,
+        image_size=(grid[0] * patch[0], grid[1] * patch[1]), num_classes=num_classes,
+        representation_size=representation_size, pooling=pooling, class_token=has_class,
+        num_registers=0, layer_scale_init_value=None)
+    return Checkpoint(state, architecture, M.GOOGLE_NORMALIZATION, L.LAYER_NORM_EPSILON,
+                      _default_class_names(num_classes),
+                      "big_vision" if big_vision else "google_npz", "bilinear")
+
+
+def _is_square(n):
+    return n > 0 and int(round(np.sqrt(n))) ** 2 == n
+
+
+def _unstack_scanned_blocks(tensors):
+    """big_vision's `scan=True` stores all blocks as one `encoderblock` with a leading depth axis."""
+    scanned = [k for k in tensors.tensors if k.startswith("Transformer/encoderblock/")]
+    for key in scanned:
+        stacked = tensors.tensors.pop(key)
+        rest = key[len("Transformer/encoderblock/"):]
+        for i, value in enumerate(stacked):
+            tensors.tensors[f"Transformer/encoderblock_{i}/{rest}"] = value
+
+
+def _google_block(tensors, src, dst, state):
+    """One encoder block. The vision_transformer code names its modules LayerNorm_0,
+    MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3; big_vision LayerNorm_0/1,
+    MultiHeadDotProductAttention_0, MlpBlock_0: the order of the indices is what counts."""
+    names = {k[len(src):].split("/")[0] for k in tensors.tensors if k.startswith(src)}
+
+    def modules(kind):
+        return sorted((n for n in names if n.startswith(kind + "_")), key=lambda n: int(n.split("_")[-1]))
+
+    norms, attention, mlp = (modules("LayerNorm"), modules("MultiHeadDotProductAttention"),
+                             modules("MlpBlock"))
+    if len(norms) != 2 or len(attention) != 1 or len(mlp) != 1:
+        raise ValueError(f"Checkpoint {tensors.path!r}: block {src!r} should hold 2 LayerNorm, 1 "
+                         f"MultiHeadDotProductAttention and 1 MlpBlock modules, found {sorted(names)}.")
+    for norm, name in zip(norms, ("norm1", "norm2")):
+        state[dst + name + "/gamma"] = tensors.take(f"{src}{norm}/scale", dst + name)
+        state[dst + name + "/beta"] = tensors.take(f"{src}{norm}/bias", dst + name)
+    attn = f"{src}{attention[0]}/"
+    # q/k/v kernels are (hidden, heads, head_dim): flattening the last two axes is head-major.
+    kernels, biases = [], []
+    for part in ("query", "key", "value"):
+        kernel = tensors.take(attn + part + "/kernel", dst + "attention/qkv/kernel")
+        kernels.append(kernel.reshape(kernel.shape[0], -1))
+        biases.append(tensors.take(attn + part + "/bias", dst + "attention/qkv/bias").reshape(-1))
+    heads = int(kernel.shape[1])
+    state[dst + "attention/qkv/kernel"] = np.concatenate(kernels, axis=1)
+    state[dst + "attention/qkv/bias"] = np.concatenate(biases)
+    out = tensors.take(attn + "out/kernel", dst + "attention/proj/kernel")  # (heads, head_dim, D)
+    state[dst + "attention/proj/kernel"] = out.reshape(-1, out.shape[-1])
+    state[dst + "attention/proj/bias"] = tensors.take(attn + "out/bias", dst + "attention/proj")
+    _dense(tensors, f"{src}{mlp[0]}/Dense_0", dst + "mlp/fc1", state)
+    _dense(tensors, f"{src}{mlp[0]}/Dense_1", dst + "mlp/fc2", state)
+    return heads, int(state[dst + "mlp/fc1/kernel"].shape[1])
+
+
+def _google_map_head(tensors, state):
+    """big_vision's MAPHead_0 maps one-to-one onto keras' MultiHeadAttention layout."""
+    src = "MAPHead_0/"
+    state["map_head/probe"] = tensors.take(src + "probe", "map_head/probe")
+    attn = src + "MultiHeadDotProductAttention_0/"
+    for part, name in (("query", "query"), ("key", "key"), ("value", "value"),
+                       ("out", "attention_output")):
+        for kind in ("kernel", "bias"):
+            state[f"map_head/attention/{name}/{kind}"] = tensors.take(
+                f"{attn}{part}/{kind}", f"map_head/attention/{name}/{kind}")
+    state["map_head/norm/gamma"] = tensors.take(src + "LayerNorm_0/scale", "map_head/norm")
+    state["map_head/norm/beta"] = tensors.take(src + "LayerNorm_0/bias", "map_head/norm")
+    _dense(tensors, src + "MlpBlock_0/Dense_0", "map_head/mlp/fc1", state)
+    _dense(tensors, src + "MlpBlock_0/Dense_1", "map_head/mlp/fc2", state)
+
+
+def _dense(tensors, src, dst, state):
+    """Flax Dense (kernel is already (in, out)); returns its width, or None when absent."""
+    if src + "/kernel" not in tensors:
+        return None
+    state[dst + "/kernel"] = tensors.take(src + "/kernel", dst + "/kernel")
+    state[dst + "/bias"] = tensors.take(src + "/bias", dst + "/bias")
+    return int(state[dst + "/kernel"].shape[1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face transformers ViT
+
+
+# Block sub-module names: the hub's files (and save_pretrained) | transformers >= 5 in memory.
+_HF_BLOCK = {
+    "norm1": ("layernorm_before", "layernorm_before"),
+    "q": ("attention.attention.query", "attention.q_proj"),
+    "k": ("attention.attention.key", "attention.k_proj"),
+    "v": ("attention.attention.value", "attention.v_proj"),
+    "attention/proj": ("attention.output.dense", "attention.o_proj"),
+    "norm2": ("layernorm_after", "layernorm_after"),
+    "mlp/fc1": ("intermediate.dense", "mlp.fc1"),
+    "mlp/fc2": ("output.dense", "mlp.fc2"),
+}
+
+
+def _from_huggingface(raw, configs, path, num_heads=None):
+    config = configs.get("config.json", {})
+    prefix = "vit." if any(k.startswith("vit.") for k in raw) else ""
+    tensors = _Tensors({(k[len(prefix):] if k.startswith(prefix) else k): v
+                        for k, v in raw.items()}, path)
+    state = {}
+    weight = tensors.take("embeddings.patch_embeddings.projection.weight", "patch_embedding")
+    state["patch_embedding/projection/kernel"] = weight.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    state["patch_embedding/projection/bias"] = tensors.take(
+        "embeddings.patch_embeddings.projection.bias", "patch_embedding/projection/bias")
+    hidden, patch = int(weight.shape[0]), (int(weight.shape[2]), int(weight.shape[3]))
+    state["class_token/token"] = tensors.take("embeddings.cls_token", "class_token/token")
+    pos = tensors.take("embeddings.position_embeddings", "position_embedding/embedding")
+    grid = _grid_from_config(config.get("image_size"), patch) or _square_grid(pos.shape[1] - 1, path)
+    class_pos, grid_pos = _canonical_position_embedding(pos, grid, 1, path)
+    state["position_embedding/embedding"] = np.concatenate([class_pos, grid_pos], axis=1)
+
+    legacy = any(k.startswith("encoder.layer.") for k in tensors.tensors)
+    block_prefix = "encoder.layer." if legacy else "layers."
+    depth = len({k.split(".")[len(block_prefix.split(".")) - 1] for k in tensors.tensors
+                 if k.startswith(block_prefix)})
+    for i in range(depth):
+        src, dst = f"{block_prefix}{i}.", f"encoderblock_{i}/"
+        names = {key: src + pair[0 if legacy else 1] for key, pair in _HF_BLOCK.items()}
+        for norm in ("norm1", "norm2"):
+            state[dst + norm + "/gamma"] = tensors.take(names[norm] + ".weight", dst + norm)
+            state[dst + norm + "/beta"] = tensors.take(names[norm] + ".bias", dst + norm)
+        qkv = [_torch_linear(tensors, names[p], dst + "attention/qkv") for p in "qkv"]
+        state[dst + "attention/qkv/kernel"] = np.concatenate([k for k, _ in qkv], axis=1)
+        state[dst + "attention/qkv/bias"] = np.concatenate([b for _, b in qkv])
+        for name in ("attention/proj", "mlp/fc1", "mlp/fc2"):
+            state[dst + name + "/kernel"], state[dst + name + "/bias"] = _torch_linear(
+                tensors, names[name], dst + name)
+    state["encoder_norm/gamma"] = tensors.take("layernorm.weight", "encoder_norm")
+    state["encoder_norm/beta"] = tensors.take("layernorm.bias", "encoder_norm")
+    representation_size = num_classes = None
+    if "pooler.dense.weight" in tensors:  # ViTModel's pooler: tanh(Dense(class token)) = pre_logits
+        state["pre_logits/kernel"], state["pre_logits/bias"] = _torch_linear(
+            tensors, "pooler.dense", "pre_logits")
+        representation_size = int(state["pre_logits/kernel"].shape[1])
+    if "classifier.weight" in tensors:
+        state["head/kernel"], state["head/bias"] = _torch_linear(tensors, "classifier", "head")
+        num_classes = int(state["head/kernel"].shape[1])
+    tensors.check_consumed("Hugging Face ViT")
+    if config.get("hidden_act", "gelu") != "gelu":
+        logger.warning("%s: hidden_act is %r; keras_vit computes the exact GELU, so outputs will "
+                       "differ slightly from the source model.", path, config["hidden_act"])
+    heads = _heads(config.get("num_attention_heads") or num_heads, hidden, path)
+    architecture = dict(
+        patch_size=patch, hidden_size=hidden, num_layers=depth, num_heads=heads,
+        mlp_dim=int(state["encoderblock_0/mlp/fc1/kernel"].shape[1]) if depth else 4 * hidden,
+        image_size=(grid[0] * patch[0], grid[1] * patch[1]), num_classes=num_classes,
+        representation_size=representation_size, pooling="token", class_token=True,
+        num_registers=0, layer_scale_init_value=None)
+    processor = configs.get("preprocessor_config.json", {})
+    normalization = M.GOOGLE_NORMALIZATION  # ViTImageProcessor's default: mean = std = 0.5
+    if processor.get("do_normalize", True) and "image_mean" in processor:
+        normalization = (processor["image_mean"], processor["image_std"])
+    return Checkpoint(state, architecture, normalization,
+                      float(config.get("layer_norm_eps", 1e-12)),
+                      _hf_class_names(config, num_classes), "huggingface", "bicubic",
+                      antialias=False)  # HF's interpolate_pos_encoding has no antialias
+
+
+def _torch_linear(tensors, name, needed_for):
+    """PyTorch Linear (out, in) -> keras Dense kernel (in, out) and bias."""
+    kernel = tensors.take(name + ".weight", needed_for + "/kernel").T
+    return kernel, tensors.take(name + ".bias", needed_for + "/bias")
+
+
+def _grid_from_config(image_size, patch):
+    if image_size is None:
+        return None
+    height, width = L._pair(tuple(image_size) if isinstance(image_size, list) else image_size,
+                            "image_size")
+    return height // patch[0], width // patch[1]
+
+
+def _heads(configured, hidden, path):
+    if configured:
+        return int(configured)
+    if hidden in STANDARD_HEADS:
+        return STANDARD_HEADS[hidden]
+    raise ValueError(f"Checkpoint {path!r} has width {hidden} and no config that gives the number "
+                     f"of attention heads: pass num_heads=... (the standard widths are "
+                     f"{STANDARD_HEADS}).")
+
+
+def _hf_class_names(config, num_classes):
+    labels = config.get("id2label") or {}
+    names = [labels.get(str(i), labels.get(i)) for i in range(num_classes or 0)]
+    # transformers fills id2label with LABEL_0, LABEL_1, ... when a model has no names.
+    if num_classes and all(names) and names != [f"LABEL_{i}" for i in range(num_classes)]:
+        return names
+    return _default_class_names(num_classes)
+
+
+def _default_class_names(num_classes):
+    """Every published 1000-class ViT is an ImageNet-1k classifier: use its names."""
+    if num_classes == 1000:
+        from keras_vit import labels
+
+        return list(labels.imagenet_class_names())
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# timm
+
+
+def _from_timm(raw, config, path, num_heads=None):
+    tensors = _Tensors(raw, path)
+    if "fc_norm.weight" in tensors:
+        raise ValueError(
+            f"Checkpoint {path!r} normalises after pooling (timm's fc_norm, with global_pool='avg'); "
+            f"keras_vit's ViT normalises before pooling (encoder_norm), so it cannot hold it."
+        )
+    state = {}
+    weight = tensors.take("patch_embed.proj.weight", "patch_embedding/projection/kernel")
+    state["patch_embedding/projection/kernel"] = weight.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    state["patch_embedding/projection/bias"] = tensors.take("patch_embed.proj.bias", "patch_embedding")
+    hidden, patch = int(weight.shape[0]), (int(weight.shape[2]), int(weight.shape[3]))
+    has_class = "cls_token" in tensors
+    if has_class:
+        state["class_token/token"] = tensors.take("cls_token", "class_token/token")
+    num_registers = 0
+    if "reg_token" in tensors:
+        state["register_tokens/tokens"] = tensors.take("reg_token", "register_tokens/tokens")
+        num_registers = int(state["register_tokens/tokens"].shape[1])
+    pretrained = config.get("pretrained_cfg", {})
+    model_args = config.get("model_args", {})
+    image_size = model_args.get("img_size") or (pretrained.get("input_size") or [None] * 3)[1:]
+    image_size = None if image_size is None or None in np.ravel(image_size) else image_size
+    pos = tensors.take("pos_embed", "position_embedding/embedding")
+    num_prefix = int(has_class) + num_registers
+    grid = (_grid_from_config(image_size, patch)
+            or _square_grid(pos.shape[1] - num_prefix if _is_square(pos.shape[1] - num_prefix)
+                            else pos.shape[1], path))
+    prefix_pos, grid_pos = _canonical_position_embedding(pos, grid, num_prefix, path)
+    class_pos = _fold_prefix(state, prefix_pos, has_class, num_registers)
+    state["position_embedding/embedding"] = np.concatenate([class_pos, grid_pos], axis=1)
+
+    depth = len({k.split(".")[1] for k in tensors.tensors if k.startswith("blocks.")})
+    layer_scale = None
+    for i in range(depth):
+        src, dst = f"blocks.{i}.", f"encoderblock_{i}/"
+        for norm in ("norm1", "norm2"):
+            state[dst + norm + "/gamma"] = tensors.take(src + norm + ".weight", dst + norm)
+            state[dst + norm + "/beta"] = tensors.take(src + norm + ".bias", dst + norm)
+        for src_name, name in (("attn.qkv", "attention/qkv"), ("attn.proj", "attention/proj"),
+                               ("mlp.fc1", "mlp/fc1"), ("mlp.fc2", "mlp/fc2")):
+            state[dst + name + "/kernel"], state[dst + name + "/bias"] = _torch_linear(
+                tensors, src + src_name, dst + name)
+        for j in (1, 2):
+            if f"{src}ls{j}.gamma" in tensors:
+                layer_scale = 1e-5  # the value is replaced by the loaded gamma
+                state[f"{dst}layer_scale{j}/gamma"] = tensors.take(
+                    f"{src}ls{j}.gamma", f"{dst}layer_scale{j}/gamma")
+    state["encoder_norm/gamma"] = tensors.take("norm.weight", "encoder_norm")
+    state["encoder_norm/beta"] = tensors.take("norm.bias", "encoder_norm")
+    global_pool = config.get("global_pool", "token" if has_class else "avg")
+    pooling = {"token": "token", "avg": "gap", "map": "map"}.get(global_pool)
+    heads = _heads(model_args.get("num_heads") or num_heads, hidden, path)
+    if "attn_pool.latent" in tensors:
+        pooling = "map"
+        _timm_map_head(tensors, state, heads)
+    if pooling is None:
+        raise ValueError(f"Checkpoint {path!r}: timm global_pool {global_pool!r} is not supported; "
+                         f"expected 'token', 'avg' or 'map'.")
+    num_classes = None
+    if "head.weight" in tensors:
+        state["head/kernel"], state["head/bias"] = _torch_linear(tensors, "head", "head")
+        num_classes = int(state["head/kernel"].shape[1])
+    tensors.check_consumed("timm")
+    architecture = dict(
+        patch_size=patch, hidden_size=hidden, num_layers=depth, num_heads=heads,
+        mlp_dim=int(state["encoderblock_0/mlp/fc1/kernel"].shape[1]) if depth else 4 * hidden,
+        image_size=(grid[0] * patch[0], grid[1] * patch[1]), num_classes=num_classes,
+        representation_size=None, pooling=pooling, class_token=has_class,
+        num_registers=num_registers, layer_scale_init_value=layer_scale)
+    mean, std = pretrained.get("mean", config.get("mean")), pretrained.get("std", config.get("std"))
+    if mean is None or std is None:
+        logger.info("%s has no mean/std in a config.json: assuming [-1, 1] inputs (mean = std = 0.5, "
+                    "timm's default for Google-trained ViTs).", path)
+        mean, std = M.GOOGLE_NORMALIZATION
+    names = config.get("label_names")
+    return Checkpoint(state, architecture, (mean, std), L.LAYER_NORM_EPSILON,
+                      list(names) if names else _default_class_names(num_classes), "timm",
+                      "bicubic", antialias=True)
+
+
+def _timm_map_head(tensors, state, heads):
+    """timm's AttentionPoolLatent: q and fused kv PyTorch Linears -> keras MultiHeadAttention."""
+    latent = tensors.take("attn_pool.latent", "map_head/probe")
+    hidden = latent.shape[-1]
+    state["map_head/probe"] = latent
+    q_kernel, q_bias = _torch_linear(tensors, "attn_pool.q", "map_head/attention/query")
+    kv_kernel, kv_bias = _torch_linear(tensors, "attn_pool.kv", "map_head/attention/key")
+    for name, kernel, bias in (("query", q_kernel, q_bias),
+                               ("key", kv_kernel[:, :hidden], kv_bias[:hidden]),
+                               ("value", kv_kernel[:, hidden:], kv_bias[hidden:])):
+        state[f"map_head/attention/{name}/kernel"] = kernel.reshape(hidden, heads, -1)
+        state[f"map_head/attention/{name}/bias"] = bias.reshape(heads, -1)
+    kernel, bias = _torch_linear(tensors, "attn_pool.proj", "map_head/attention/attention_output")
+    state["map_head/attention/attention_output/kernel"] = kernel.reshape(heads, -1, hidden)
+    state["map_head/attention/attention_output/bias"] = bias
+    state["map_head/norm/gamma"] = tensors.take("attn_pool.norm.weight", "map_head/norm")
+    state["map_head/norm/beta"] = tensors.take("attn_pool.norm.bias", "map_head/norm")
+    for name in ("fc1", "fc2"):
+        state[f"map_head/mlp/{name}/kernel"], state[f"map_head/mlp/{name}/bias"] = _torch_linear(
+            tensors, f"attn_pool.mlp.{name}", f"map_head/mlp/{name}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Building models
+
+
+def load_pretrained(path_or_name, image_size=None, num_classes=None, include_top=True,
+                    resample_method=None, **kwargs):
+    """Builds the architecture a checkpoint holds (`VisionTransformer`) and loads it.
+
+    Args:
+        path_or_name: a local checkpoint (Google `.npz`; Hugging Face folder or `.safetensors`;
+            timm `.safetensors`, with its config.json beside it), `"B/16:imagenet21k"`, or a
+            registered file name (downloaded once, cached).
+        image_size: None keeps the checkpoint's; another size resamples the position embeddings.
+        num_classes: None keeps the checkpoint's head; another count gets a new zero head.
+        include_top: False drops the head (and pre_logits) and returns pooled features.
+        resample_method: `"bilinear"` / `"bicubic"`; None uses the checkpoint source's own.
+        **kwargs: other `VisionTransformer` arguments (dropout_rate, dtype, name, ...).
+
+    >>> model = keras_vit.load_pretrained("deit_tiny_patch16_224/model.safetensors")
+    """
+    checkpoint = read_checkpoint(_resolve(path_or_name), kwargs.get("num_heads"))
+    config = dict(checkpoint.architecture)
+    clash = {k: (kwargs[k], config[k]) for k in M.ARCHITECTURE_ARGS
+             if k in kwargs and L._pair(kwargs[k], k) != L._pair(config[k], k)}
+    if clash:
+        raise ValueError(f"{path_or_name!r} holds another architecture than asked for; "
+                         f"(asked, checkpoint): {clash}.")
+    if num_classes is None and include_top:
+        if checkpoint.architecture["num_classes"] is None:
+            raise ValueError(f"{path_or_name!r} has no classification head: pass num_classes=N for "
+                             f"a new (zero) head, or include_top=False for features.")
+        num_classes = checkpoint.architecture["num_classes"]
+    config.update(image_size=image_size or config["image_size"], num_classes=num_classes or 0,
+                  include_top=include_top, **kwargs)
+    return _build(checkpoint, config, resample_method, pooling_given="pooling" in kwargs,
+                  representation_given="representation_size" in kwargs)
+
+
+def build_with_weights(config, weights, resample_method=None):
+    """`keras_vit.ViT(weights=...)`: builds `config` (ViT kwargs) and loads `weights` into it.
+
+    `weights` is a registered name (found from config's patch/width/depth, e.g. `"imagenet21k"`
+    for ViT-B/16) or a local path. The checkpoint's architecture must equal config's; its
+    normalisation, LayerNorm epsilon and class names are used unless config gives them.
+    """
+    path = os.fspath(weights)
+    # Registered names ("imagenet21k", "augreg_in21k_ft_in1k") have no slash and no file suffix.
+    if not os.path.exists(path) and not re.search(r"[/\\]|\.(npz|safetensors)$", path):
+        variant = _variant_of(config)
+        if variant is None:
+            raise ValueError(
+                f"weights={weights!r} is not a local file, and the architecture (patch_size "
+                f"{config.get('patch_size')}, hidden_size {config.get('hidden_size')}, num_layers "
+                f"{config.get('num_layers')}) is none of the registered variants "
+                f"{sorted(M.VARIANTS)}: pass a checkpoint path."
+            )
+        path = download(registry_entry(variant, path))
+    checkpoint = read_checkpoint(_resolve(path), config.get("num_heads"))
+    wanted = {k: config.get(k) for k in M.ARCHITECTURE_ARGS}
+    wanted["patch_size"] = L._pair(wanted["patch_size"], "patch_size")
+    found = {k: checkpoint.architecture[k] for k in M.ARCHITECTURE_ARGS}
+    if wanted != found:
+        raise ValueError(f"The checkpoint {path!r} holds the architecture {found}, but the model "
+                         f"asks for {wanted}. Use keras_vit.load_pretrained(...) to build the "
+                         f"checkpoint's own architecture.")
+    config = dict(config)
+    for key in ("class_token", "num_registers", "layer_scale_init_value"):
+        config.setdefault(key, checkpoint.architecture[key])
+    return _build(checkpoint, config, resample_method,
+                  pooling_given=config.get("pooling") != "token",
+                  representation_given=config.get("representation_size") is not None)
+
+
+def load_model_or_checkpoint(path):
+    """A `.keras` file via `keras.models.load_model`, anything else via `load_pretrained`."""
+    if os.fspath(path).endswith(".keras"):
+        import keras
+
+        return keras.models.load_model(path)
+    return load_pretrained(path)
+
+
+def _build(checkpoint, config, resample_method, pooling_given, representation_given):
+    """Builds `VisionTransformer(**config)` and assigns the checkpoint, adapting what the config
+    changes: image size (position embeddings resampled), head (kept, new or dropped), pooling."""
+    state = dict(checkpoint.state)
+    arch = checkpoint.architecture
+    source = checkpoint.path
+    config.setdefault("normalization_mean", checkpoint.normalization[0])
+    config.setdefault("normalization_std", checkpoint.normalization[1])
+    config.setdefault("layer_norm_epsilon", checkpoint.layer_norm_epsilon)
+    if not pooling_given:
+        config["pooling"] = arch["pooling"]
+    if config["pooling"] == "map" and "map_head/probe" not in state:
+        raise ValueError(f"pooling='map' needs a MAP head, and {source!r} has none (its pooling is "
+                         f"{arch['pooling']!r}).")
+    if config["pooling"] != "map" and "map_head/probe" in state:
+        logger.info("%s: pooling=%r, so the checkpoint's MAP head is not used.", source,
+                    config["pooling"])
+        state = {k: v for k, v in state.items() if not k.startswith("map_head/")}
+
+    include_top = config.get("include_top", True)
+    keep_head = include_top and arch["num_classes"] == config.get("num_classes")
+    dropped = []
+    if not keep_head:
+        dropped = [k for k in state if k.startswith(("head/", "pre_logits/"))]
+        state = {k: v for k, v in state.items() if k not in dropped}
+        if not representation_given:  # the paper fine-tunes without the pre-logits layer
+            config["representation_size"] = None
+        if include_top:
+            held = f"{arch['num_classes']} classes" if arch["num_classes"] else "no head"
+            logger.warning("%s has %s, the model %d classes: the head is re-initialised (zeros, "
+                           "as the ViT paper does for fine-tuning)%s.", source, held,
+                           config["num_classes"], ", pre_logits dropped" if
+                           arch["representation_size"] else "")
+        elif dropped:
+            logger.info("include_top=False: the checkpoint's %s not loaded.",
+                        "head and pre_logits are" if arch["representation_size"] else "head is")
+    elif not representation_given:
+        config["representation_size"] = arch["representation_size"]
+    if keep_head and config.get("class_names") is None:
+        config["class_names"] = checkpoint.class_names
+
+    from keras_vit.models import VisionTransformer
+
+    model = VisionTransformer(**config)
+    old_grid = tuple(s // p for s, p in zip(arch["image_size"], arch["patch_size"]))
+    if old_grid != tuple(model.grid_size):
+        method = resample_method or checkpoint.resample_method
+        logger.warning("%s: position embeddings resampled from a %dx%d to a %dx%d grid (%s), for "
+                       "image size %s.", source, *old_grid, *model.grid_size, method,
+                       model.image_size)
+        state["position_embedding/embedding"] = L.resample_position_embeddings(
+            state["position_embedding/embedding"], old_grid, model.grid_size,
+            int(model.class_token), method, checkpoint.antialias)
+    new = ()
+    if include_top and not keep_head:
+        new = ("head/", "pre_logits/") if config.get("representation_size") else ("head/",)
+    assign_state(model, state, reinitialise=new, source=source)
+    if new:  # a new head starts at zeros, as the paper's fine-tuning
+        for variable in model.weights:
+            if variable.path.startswith("head/"):
+                variable.assign(np.zeros(variable.shape, variable.dtype))
+    if keep_head and not np.any(state["head/kernel"]):
+        logger.warning("%s: the classification head is all zeros (an ImageNet-21k pre-training "
+                       "checkpoint): its predictions are meaningless. Fine-tune it, e.g. with "
+                       "num_classes=N.", source)
+    return model
+
+
+def assign_state(model, state, reinitialise=(), source="checkpoint"):
+    """Assigns `{variable path: array}` to `model` by `variable.path`, strictly: every variable
+    (except paths starting with `reinitialise`) must be filled, no tensor left over, shapes equal."""
+    variables = {v.path: v for v in model.weights}
+    missing = [p for p in variables if p not in state and not p.startswith(tuple(reinitialise))]
+    unexpected = [p for p in state if p not in variables]
+    if missing or unexpected:
+        raise ValueError(
+            f"{source!r} does not fit the model: "
+            + (f"missing {[(p, tuple(variables[p].shape)) for p in missing]}" if missing else "")
+            + ("; " if missing and unexpected else "")
+            + (f"unexpected {[(p, tuple(np.shape(state[p]))) for p in unexpected]}" if unexpected else "")
+            + "."
+        )
+    mismatched = [(p, tuple(variables[p].shape), tuple(np.shape(v))) for p, v in state.items()
+                  if tuple(variables[p].shape) != tuple(np.shape(v))]
+    if mismatched:
+        raise ValueError(f"{source!r} does not fit the model: shape mismatches (variable, expected, "
+                         f"checkpoint): {mismatched}.")
+    for path, value in state.items():
+        variables[path].assign(np.asarray(value, dtype=variables[path].dtype))
