@@ -305,3 +305,20 @@ def test_killed_run_resumes_with_the_same_number_of_steps(tmp_path):
     assert int(model.optimizer.iterations) == 4 * DIGITS_STEPS_PER_EPOCH
     rows = training.read_history(os.path.join(run_dir, "history.csv"))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+
+
+def test_fit_repeats_a_dataset_of_unknown_length(tmp_path):
+    # Folders and TFDS splits have an unknown cardinality once unreadable files are filtered out:
+    # fit() must still run every epoch, not stop when the data runs dry after the first.
+    import tensorflow as tf
+
+    images = np.random.default_rng(0).integers(0, 256, (24, 32, 32, 3)).astype("uint8")
+    data = keras_vit.data.from_arrays(images, np.arange(24) % 10, batch_size=8)
+    data = data.filter(lambda image, label: True)
+    assert int(data.cardinality()) == int(tf.data.UNKNOWN_CARDINALITY)
+    model = keras_vit.ViT(image_size=32, patch_size=8, hidden_size=32, num_layers=1, num_heads=2,
+                          mlp_dim=64, num_classes=10)
+    model.compile(**training.finetune_recipe(steps=9, warmup_steps=1))
+    training.fit(model, data, epochs=3, steps_per_epoch=3,
+                 callbacks=training.callbacks(str(tmp_path / "run"), tensorboard=False), verbose=0)
+    assert int(model.optimizer.iterations) == 9
