@@ -1,0 +1,186 @@
+"""Top-k labels for image files, from a `.keras` file, a SavedModel or a `.tflite` file.
+
+    keras-vit predict saved_models/vit photo.jpg            # a TF Serving base dir: highest version
+    keras-vit predict vit.tflite photo.jpg --top-k 3 --json
+
+    >>> keras_vit.predict.predict("runs/x/model.keras", ["cat.jpg"])
+    [[('Egyptian cat', 0.81), ('tabby', 0.09), ...]]
+
+Images are read with `keras_vit.images.load_image` (short-side resize and centre crop). Label
+names come from `--labels`, else the model (`class_names`, the SavedModel's stored labels or its
+`metadata.json`), else ImageNet's names for 1000-class models, else the class indices.
+"""
+
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+from keras_vit import images as images_lib
+from keras_vit import labels as labels_lib
+
+DEFAULT_CROP_PCT = 0.875
+
+
+def find_saved_model(path):
+    """A SavedModel directory, or a TF Serving base directory's highest numbered version in it."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = sorted(
+        (int(name) for name in os.listdir(path)
+         if re.fullmatch(r"\d+", name) and os.path.isfile(os.path.join(path, name, "saved_model.pb"))),
+        reverse=True,
+    )
+    if not versions:
+        raise ValueError(f"{path!r} is neither a SavedModel (no saved_model.pb) nor a TF Serving base "
+                         f"directory with numbered versions holding one.")
+    return os.path.join(path, str(versions[0]))
+
+
+def _default_labels(num_classes, stored=None):
+    """Stored names unless they are just indices; ImageNet's for 1000 classes; else indices."""
+    if stored is not None and list(stored) != [str(i) for i in range(num_classes)]:
+        return list(stored)
+    if num_classes == 1000:
+        return list(labels_lib.imagenet_class_names())
+    return [str(i) for i in range(num_classes)]
+
+
+class _Predictor:
+    """Loads a model once; `probabilities(images)` maps uint8 `(n, H, W, 3)` to class probabilities."""
+
+    def __init__(self, model_path):
+        if not os.path.exists(model_path):
+            raise FileNotFoundError(f"No model at {model_path!r}.")
+        self.crop_pct = DEFAULT_CROP_PCT
+        self.interpolation = "bicubic"
+        if os.path.isdir(model_path):
+            self._load_saved_model(find_saved_model(model_path))
+        elif model_path.endswith(".tflite"):
+            self._load_tflite(model_path)
+        elif model_path.endswith(".keras"):
+            self._load_keras(model_path)
+        else:
+            raise ValueError(f"Unknown model format {model_path!r}: expected a .keras file, a "
+                             f"SavedModel directory or a .tflite file.")
+
+    def _load_keras(self, path):
+        import keras
+
+        import keras_vit  # noqa: F401  (registers the layers for deserialisation)
+
+        model = keras.saving.load_model(path, compile=False)
+        self.image_size = tuple(model.input_shape[1:3])
+        num_classes = model.output_shape[-1]
+        self.crop_pct = getattr(model, "crop_pct", DEFAULT_CROP_PCT)
+        self.labels = _default_labels(num_classes, getattr(model, "class_names", None))
+        self._logits = lambda x: np.asarray(model.predict(x, verbose=0), dtype="float32")
+
+    def _load_saved_model(self, path):
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(path)
+        signature = loaded.signatures["serving_default"]
+        metadata = {}
+        if os.path.isfile(os.path.join(path, "metadata.json")):
+            with open(os.path.join(path, "metadata.json"), encoding="utf-8") as f:
+                metadata = json.load(f)
+        spec = signature.structured_input_signature[1]["images"]
+        self.image_size = tuple(spec.shape[1:3])
+        preprocessing = metadata.get("preprocessing", {})
+        self.crop_pct = preprocessing.get("crop_pct", DEFAULT_CROP_PCT)
+        self.interpolation = preprocessing.get("interpolation", "bicubic")
+        stored = getattr(loaded, "class_names", None)
+        stored = [s.decode() for s in stored.numpy()] if stored is not None else metadata.get("labels")
+        num_classes = signature.structured_outputs["logits"].shape[-1]
+        self.labels = _default_labels(num_classes, stored)
+        self._logits = lambda x: signature(images=tf.constant(x, tf.float32))["logits"].numpy()
+
+    def _load_tflite(self, path):
+        from ai_edge_litert.interpreter import Interpreter
+
+        from keras_vit import export
+
+        interpreter = Interpreter(model_path=path)
+        self.image_size = tuple(int(d) for d in interpreter.get_input_details()[0]["shape"][1:3])
+        num_classes = int(interpreter.get_output_details()[0]["shape"][-1])
+        self.labels = _default_labels(num_classes)
+        self._logits = lambda x: export.run_tflite(path, x)
+
+    def probabilities(self, images):
+        logits = self._logits(np.asarray(images, dtype="float32")).astype("float64")
+        logits -= logits.max(axis=-1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def predict_top_k(model_path, image_paths, top_k=5, labels=None):
+    """`[[(label, class index, probability), ...] per image]`, best first."""
+    predictor = _Predictor(os.fspath(model_path))
+    if labels is not None:
+        names = labels_lib.read_class_names(labels) if isinstance(labels, (str, os.PathLike)) else list(labels)
+        if len(names) != len(predictor.labels):
+            raise ValueError(f"{len(names)} labels given for a model with {len(predictor.labels)} classes.")
+        predictor.labels = names
+    if isinstance(image_paths, (str, os.PathLike)):
+        image_paths = [image_paths]
+    if not image_paths:
+        raise ValueError("No image paths given.")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}.")
+    batch = images_lib.load_images([os.fspath(p) for p in image_paths], predictor.image_size,
+                                   predictor.crop_pct, predictor.interpolation)
+    probabilities = predictor.probabilities(batch)
+    results = []
+    for row in probabilities:
+        best = np.argsort(-row, kind="stable")[:top_k]
+        results.append([(predictor.labels[i], int(i), float(row[i])) for i in best])
+    return results
+
+
+def predict(model_path, image_paths, top_k=5, labels=None):
+    """Top-k `(label, probability)` pairs per image, best first.
+
+    Args:
+        model_path: a `.keras` file, a SavedModel directory (a TF Serving base directory uses its
+            highest version) or a `.tflite` file (run with LiteRT).
+        image_paths: image files (one path or a list).
+        labels: class names (a list or a label file) overriding the model's.
+
+    Example:
+        >>> predict("saved_models/vit", ["chelsea.png"], top_k=2)
+        [[('Egyptian cat', 0.62), ('tabby', 0.21)]]
+    """
+    return [[(label, p) for label, _, p in row]
+            for row in predict_top_k(model_path, image_paths, top_k, labels)]
+
+
+def add_predict_arguments(parser):
+    parser.add_argument("model", help="a .keras file, a SavedModel (or TF Serving base) directory, "
+                        "or a .tflite file")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("--top-k", type=int, default=5, help="how many classes to print (default 5)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--labels", help="class-name file, one name per line, in class order")
+
+
+def run_predict(args):
+    try:
+        results = predict_top_k(args.model, args.images, args.top_k, args.labels)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        print(f"keras-vit predict: error: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([
+            {"image": path, "predictions": [{"label": label, "index": index, "probability": p}
+                                            for label, index, p in rows]}
+            for path, rows in zip(args.images, results)
+        ], indent=2))
+        return 0
+    for path, rows in zip(args.images, results):
+        print(path)
+        for label, index, p in rows:
+            print(f"  {p:7.2%}  {label} ({index})")
+    return 0
