@@ -343,8 +343,10 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     """Multi-head self-attention with q/k/v biases, q/k/v computed by one fused matmul.
 
     The fast path is `keras.ops.dot_product_attention` on `(batch, tokens, heads, head_dim)`
-    tensors (flash/cuDNN kernels where the backend has them, no transposes). The explicit softmax
-    path runs only when the attention weights are asked for or attention dropout is active.
+    tensors on JAX and PyTorch (flash/cuDNN/SDPA kernels where the device has them). TensorFlow
+    has no fused attention kernel, so there plain batched matmuls are used, which are faster than
+    Keras' TF `dot_product_attention`. The explicit softmax path (float32 weights) runs only when
+    the attention weights are asked for or attention dropout is active.
     """
 
     def __init__(self, num_heads, attention_dropout_rate=0.0, **kwargs):

@@ -5,7 +5,7 @@ import gc
 import keras
 import numpy as np
 import pytest
-from conftest import TINY, random_images, randomize_weights
+from conftest import random_images, randomize_weights
 from test_layers import np_layer_norm, np_transformer_block
 
 import keras_vit

@@ -1,0 +1,702 @@
+"""Speed and memory of keras_vit side by side with KerasHub, Hugging Face and timm, in one process.
+
+    keras-vit benchmark --model ViTS16 --batch-size 32 --precision bfloat16 --output results.json
+    KERAS_BACKEND=jax keras-vit benchmark --model ViTB16 --batch-size 256 --precision bfloat16 --peers timm
+
+What is measured, for one architecture, batch size, image size, backend and precision:
+- `latency`: inference at `--latency-batch-size` (default 1); `throughput`: inference at `--batch-size`;
+- `training`: one optimizer step (SGD with momentum or AdamW; `model.compile` + `train_on_batch`
+  for Keras models, a plain PyTorch loop for the torch peers), images/s;
+- `memory`: peak process RSS (`resource.getrusage`) on CPU, peak device memory on GPU, each contender
+  in a fresh subprocess so that the numbers do not mix;
+- `tflite`: batch-1 latency of `.tflite` files (one per quantization mode) with the LiteRT interpreter.
+
+Contenders run interleaved (A B C A B C ...) after their warm-up, so that load from other processes
+hits every contender alike; each cell reports the median and the min/max of `--repeats` timings and
+the ratio to `keras_vit`. On GPU the model FLOP utilisation uses `vit_flops`, the analytic count.
+Peers that are not installed are skipped, and the table says so. TensorFlow, PyTorch, KerasHub,
+transformers and timm are imported only when a contender needs them.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+PEERS = ("keras_hub", "hf", "timm")
+TASKS = ("latency", "throughput", "training", "memory", "tflite")
+DEFAULT_TASKS = ("latency", "throughput", "training", "memory")
+PRECISIONS = ("float32", "bfloat16")
+# Dense peak TFLOP/s (bfloat16 tensor cores, float32 without TF32) for the MFU column.
+PEAK_TFLOPS = {"H100": {"bfloat16": 989.0, "float32": 67.0},
+               "H200": {"bfloat16": 989.0, "float32": 67.0},
+               "A100": {"bfloat16": 312.0, "float32": 19.5}}
+
+
+def vit_flops(image_size=224, patch_size=16, hidden_size=768, num_layers=12, mlp_dim=3072,
+              num_classes=1000, class_token=True, num_registers=0, **unused):
+    """Forward FLOPs of one image through a ViT, counting a multiply-add as 2 FLOPs.
+
+    Counts the matmuls (patch projection, qkv, attention logits and values, output projection,
+    MLP, head); LayerNorm, softmax, GELU and additions are a few percent and left out, as usual.
+    Training costs about 3x (the backward pass is two matmuls per forward matmul).
+
+    >>> round(vit_flops() / 1e9, 1)   # ViT-B/16 at 224: 17.6 GMACs
+    35.1
+    """
+    height, width = (image_size, image_size) if np.isscalar(image_size) else image_size
+    ph, pw = (patch_size, patch_size) if np.isscalar(patch_size) else patch_size
+    patches = (height // ph) * (width // pw)
+    tokens = patches + int(class_token) + num_registers
+    d = hidden_size
+    embed = 2 * patches * (ph * pw * 3) * d
+    block = (2 * tokens * d * 3 * d        # qkv
+             + 2 * 2 * tokens * tokens * d  # q @ k^T and weights @ v, all heads together
+             + 2 * tokens * d * d           # output projection
+             + 2 * 2 * tokens * d * mlp_dim)  # fc1 and fc2
+    head = 2 * d * num_classes if num_classes else 0
+    return embed + num_layers * block + head
+
+
+def training_flops(**config):
+    """FLOPs of one training step per image: forward + backward (twice the forward)."""
+    return 3 * vit_flops(**config)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def resolve_config(model="ViTB16", image_size=224, num_classes=1000, overrides=None):
+    """The ViT keyword arguments for `--model` (`ViTS16` or `S/16`) plus JSON `overrides`."""
+    from keras_vit import models
+
+    builders = {"ViT" + v.replace("/", ""): v for v in models.VARIANTS}  # "ViTS16" -> "S/16"
+    name = builders.get(model, model)
+    config = dict(models.variant_config(name), image_size=image_size, num_classes=num_classes)
+    config.update(overrides or {})
+    return config
+
+
+def environment(threads):
+    """Versions, CPU model, cores and devices: everything a reader needs to compare numbers."""
+    import keras
+
+    info = {"python": platform.python_version(), "keras": keras.__version__,
+            "backend": keras.backend.backend(), "numpy": np.__version__, "threads": threads,
+            "cpu": _cpu_model(), "cpu_cores": len(os.sched_getaffinity(0)),
+            "platform": platform.platform()}
+    for module in ("tensorflow", "jax", "torch", "transformers", "keras_hub", "timm", "ai_edge_litert"):
+        if module in sys.modules or module == keras.backend.backend():
+            info[module] = getattr(sys.modules.get(module) or __import__(module), "__version__", "?")
+    info["gpu"] = _gpu_name()
+    return info
+
+
+def _cpu_model():
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or "unknown"
+    flags = set(fields.get("flags", "").split())
+    extras = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return (f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model "
+            f"{fields.get('model', '?')}; {' '.join(extras) or 'no avx512'})")
+
+
+def _gpu_name():
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        devices = [d for d in jax.devices() if d.platform == "gpu"]
+        return devices[0].device_kind if devices else None
+    if backend == "torch" or "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+    return None
+
+
+def set_threads(threads):
+    """Same thread count for every framework (call before any of them runs an op)."""
+    import keras
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        except RuntimeError:  # already initialised by an earlier run in this process
+            pass
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+
+
+# ----------------------------------------------------------------------------- contenders
+
+
+class Contender:
+    """One implementation: `predict(batch)` and `train_step(batch)` on prepared inputs."""
+
+    def __init__(self, name, library, settings, build_predict, build_train=None):
+        self.name, self.library, self.settings = name, library, settings
+        self.build_predict, self.build_train = build_predict, build_train
+
+
+def _keras_optimizer(name):
+    import keras
+
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9)
+    return keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.05)
+
+
+def _keras_contender(name, library, build_model, precision, optimizer, fast=False):
+    """A Keras model: inference via `predict_on_batch` (or the fast predictor), training via
+    `compile` + `train_on_batch` under `mixed_bfloat16` for bfloat16."""
+    import keras
+
+    def predict_fn(images):
+        model = build_model(precision)
+        if fast:
+            from keras_vit import inference
+
+            return inference.fast_predictor(model, precision=precision)
+        tensor = keras.ops.convert_to_tensor(images)
+        return lambda batch: model.predict_on_batch(tensor if batch is images else batch)
+
+    def train_fn(images, labels):
+        model = build_model("mixed_bfloat16" if precision == "bfloat16" else precision)
+        model.compile(optimizer=_keras_optimizer(optimizer), metrics=[],
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return lambda: model.train_on_batch(images, labels)
+
+    if fast:
+        settings = {"inference": f"fast_predictor, {precision} weights"}
+    else:
+        settings = {"inference dtype policy": precision,
+                    "training dtype policy": "mixed_bfloat16" if precision == "bfloat16" else precision}
+    return Contender(name, library, settings, predict_fn, None if fast else train_fn)
+
+
+def keras_vit_contenders(config, precision, optimizer, fast=True):
+    from keras_vit import models
+
+    def build(dtype):
+        return models.VisionTransformer(**config, dtype=dtype)
+
+    contenders = [_keras_contender("keras_vit", "keras_vit", build, precision, optimizer)]
+    if fast:
+        contenders.append(_keras_contender("keras_vit fast_predictor", "keras_vit", build, precision,
+                                           optimizer, fast=True))
+    return contenders
+
+
+def keras_hub_contender(config, precision, optimizer):
+    """KerasHub's `ViTBackbone` + `ViTImageClassifier` head ("token" pooling, same sizes). It has no
+    in-graph normalisation, so it gets the same pixels; normalisation is one multiply-add."""
+    import keras_hub
+
+    def build(dtype):
+        size = config["image_size"]
+        size = (size, size) if np.isscalar(size) else tuple(size)
+        backbone = keras_hub.models.ViTBackbone(
+            image_shape=(*size, 3), patch_size=config["patch_size"], num_layers=config["num_layers"],
+            num_heads=config["num_heads"], hidden_dim=config["hidden_size"],
+            mlp_dim=config["mlp_dim"], layer_norm_epsilon=1e-6, dtype=dtype)
+        return keras_hub.models.ViTImageClassifier(backbone=backbone, num_classes=config["num_classes"],
+                                                   pooling="token", preprocessor=None)
+
+    contender = _keras_contender("keras_hub ViTBackbone", "keras_hub", build, precision, optimizer)
+    contender.settings["version"] = keras_hub.__version__
+    return contender
+
+
+def _torch_device():
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _torch_contender(name, library, build_model, precision, optimizer, compile_model=False):
+    """A PyTorch model on normalised NCHW inputs: `inference_mode` (bf16 weights for bfloat16);
+    training with float32 master weights under `autocast(bfloat16)`."""
+    import torch
+
+    device = _torch_device()
+    dtype = getattr(torch, precision)
+
+    def to_nchw(images):
+        # Normalisation to [-1, 1] happens here, outside the timed region (the Keras models do it
+        # inside theirs: one fused multiply-add, a negligible cost).
+        return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)) / 127.5 - 1.0).to(
+            device=device, dtype=torch.float32)
+
+    def predict_fn(images):
+        model = build_model().to(device=device, dtype=dtype).eval()
+        run = torch.compile(model) if compile_model else model
+        inputs = to_nchw(images).to(dtype)
+
+        def predict(batch):
+            with torch.inference_mode():
+                out = run(inputs if batch is images else to_nchw(batch).to(dtype))
+                return (out.logits if hasattr(out, "logits") else out).float().cpu().numpy()
+
+        return predict
+
+    def train_fn(images, labels):
+        model = build_model().to(device=device).train()
+        run = torch.compile(model) if compile_model else model
+        params = model.parameters()
+        opt = (torch.optim.SGD(params, lr=1e-3, momentum=0.9) if optimizer == "sgd"
+               else torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05))
+        inputs, targets = to_nchw(images), torch.from_numpy(labels).long().to(device)
+
+        def step():
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                out = run(inputs)
+                logits = out.logits if hasattr(out, "logits") else out
+                loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss.item()
+
+        return step
+
+    settings = {"device": device, "torch": torch.__version__, "torch.compile": compile_model,
+                "inference dtype": precision,
+                "training": "autocast bfloat16" if precision == "bfloat16" else "float32"}
+    return Contender(name, library, settings, predict_fn, train_fn)
+
+
+def hf_contender(config, precision, optimizer):
+    """Hugging Face transformers' PyTorch `ViTForImageClassification` of the same configuration."""
+    import transformers
+
+    size = config["image_size"]
+    hf_config = transformers.ViTConfig(
+        hidden_size=config["hidden_size"], num_hidden_layers=config["num_layers"],
+        num_attention_heads=config["num_heads"], intermediate_size=config["mlp_dim"],
+        image_size=size if np.isscalar(size) else size[0], patch_size=config["patch_size"],
+        num_labels=config["num_classes"], layer_norm_eps=1e-6, hidden_act="gelu")
+
+    def build():
+        return transformers.ViTForImageClassification(hf_config)
+
+    contender = _torch_contender("HF ViTForImageClassification", "transformers", build, precision,
+                                 optimizer)
+    contender.settings.update(transformers=transformers.__version__,
+                              attention=getattr(hf_config, "_attn_implementation", None) or "sdpa")
+    return contender
+
+
+def timm_contenders(config, precision, optimizer):
+    """timm's VisionTransformer (`vit_base_patch16_224` for B/16), eager and `torch.compile`d."""
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    def build():
+        return VisionTransformer(img_size=config["image_size"], patch_size=config["patch_size"],
+                                 embed_dim=config["hidden_size"], depth=config["num_layers"],
+                                 num_heads=config["num_heads"],
+                                 mlp_ratio=config["mlp_dim"] / config["hidden_size"],
+                                 num_classes=config["num_classes"])
+
+    contenders = [_torch_contender("timm eager", "timm", build, precision, optimizer),
+                  _torch_contender("timm torch.compile", "timm", build, precision, optimizer,
+                                   compile_model=True)]
+    for contender in contenders:
+        contender.settings["timm"] = timm.__version__
+    return contenders
+
+
+PEER_BUILDERS = {"keras_hub": keras_hub_contender, "hf": hf_contender, "timm": timm_contenders}
+PEER_LIBRARIES = {"keras_hub": "keras_hub", "hf": "transformers", "timm": "timm"}
+
+
+def build_contenders(config, precision, optimizer, peers, fast=True):
+    """keras_vit first, then each requested peer; returns `(contenders, skipped)`, where skipped
+    maps a peer to why it is missing."""
+    contenders, skipped = keras_vit_contenders(config, precision, optimizer, fast), {}
+    for peer in peers:
+        if peer not in PEER_BUILDERS:
+            raise ValueError(f"Unknown peer {peer!r}: expected some of {list(PEERS)} or 'none'.")
+        try:
+            built = PEER_BUILDERS[peer](config, precision, optimizer)
+        except ImportError as error:
+            skipped[peer] = f"not installed ({error.name or error})"
+            continue
+        contenders.extend(built if isinstance(built, list) else [built])
+    return contenders, skipped
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def time_interleaved(functions, repeats=5, warmup=2):
+    """Times each zero-argument function `repeats` times, round-robin after `warmup` calls each.
+
+    Returns `{name: [seconds, ...]}`. Interleaving spreads load from other processes over all
+    contenders instead of penalising whichever ran while the machine was busy.
+    """
+    for function in functions.values():
+        for _ in range(warmup):
+            function()
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summarize(seconds, batch_size, flops_per_image=None, peak_tflops=None):
+    """Median / min / max milliseconds, images per second, and MFU when a peak is known."""
+    median = float(np.median(seconds))
+    row = {"median_ms": median * 1e3, "min_ms": min(seconds) * 1e3, "max_ms": max(seconds) * 1e3,
+           "images_per_s": batch_size / median, "repeats": len(seconds), "batch_size": batch_size}
+    if flops_per_image and peak_tflops:
+        row["mfu"] = flops_per_image * batch_size / median / (peak_tflops * 1e12)
+    return row
+
+
+def _peak_tflops(gpu, precision, override):
+    if override:
+        return override
+    for name, peaks in PEAK_TFLOPS.items():
+        if gpu and name in gpu:
+            return peaks[precision]
+    return None
+
+
+def _memory_in_subprocess(spec, contender, images_shape):
+    """Peak memory of one contender doing one inference and one training step, in a fresh process."""
+    code = ("import json, sys; from keras_vit.benchmark import _memory_child; "
+            "print('KVB_MEMORY=' + json.dumps(_memory_child(json.loads(sys.argv[1]))))")
+    # Only the contender's own library is imported there, so RSS is not inflated by the others.
+    peers = [peer for peer, library in PEER_LIBRARIES.items() if library == contender.library]
+    payload = json.dumps({**spec, "peers": peers, "name": contender.name, "images_shape": images_shape})
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True,
+                            env=env, timeout=1800)
+    for line in result.stdout.splitlines():
+        if line.startswith("KVB_MEMORY="):
+            return json.loads(line[len("KVB_MEMORY="):])
+    return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1]}
+
+
+def peak_rss_mib():
+    """This process's RSS high-water mark in MiB.
+
+    Linux's `getrusage().ru_maxrss` survives `exec`, so a child started from a big parent reports
+    the parent's peak; `VmHWM` in /proc/self/status belongs to the current address space only.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+def _memory_child(spec):
+    set_threads(spec["threads"])
+    contenders, _ = build_contenders(spec["config"], spec["precision"], spec["optimizer"],
+                                     spec["peers"], spec["fast"])
+    contender = next(c for c in contenders if c.name == spec["name"])
+    images = np.random.default_rng(0).uniform(0, 255, spec["images_shape"]).astype("float32")
+    labels = np.zeros(len(images), "int32")
+    baseline = peak_rss_mib()
+    predict = contender.build_predict(images)
+    predict(images)
+    if contender.build_train is not None:
+        step = contender.build_train(images, labels)
+        step()
+        step()
+    peak = peak_rss_mib()
+    return {"peak_rss_mib": peak, "rss_after_imports_mib": baseline,
+            "device_peak_mib": _device_peak_mib(contender)}
+
+
+def _device_peak_mib(contender):
+    if contender.library in ("transformers", "timm"):
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        stats = device.memory_stats() if device.platform == "gpu" else None
+        return stats["peak_bytes_in_use"] / 2**20 if stats else None
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return None
+
+
+def _tflite_latency(config, modes, threads, repeats, warmup, images):
+    """Batch-1 latency of the model converted with keras_vit.export.tflite, per quantization mode."""
+    import tempfile
+
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return {}, {"tflite": "needs KERAS_BACKEND=tensorflow (conversion goes through TensorFlow)"}
+    from ai_edge_litert.interpreter import Interpreter
+
+    from keras_vit import export, models
+
+    model = models.VisionTransformer(**config)
+    functions, sizes = {}, {}
+    with tempfile.TemporaryDirectory(prefix="keras_vit_bench_") as tmp:
+        for mode in modes:
+            path = os.path.join(tmp, f"vit_{mode}.tflite")
+            calibration = images[:4] if mode == "int8" else None
+            # Random weights: agreement with Keras says nothing here, so no threshold.
+            export.tflite(model, path, quantization=None if mode == "none" else mode,
+                          calibration_data=calibration, evaluation_data=images[:2],
+                          min_top1_agreement=0.0, verbose=False)
+            sizes[mode] = os.path.getsize(path)
+            interpreter = Interpreter(model_path=path, num_threads=threads)
+            (detail,) = interpreter.get_input_details()
+            interpreter.resize_tensor_input(detail["index"], (1, *images.shape[1:]))
+            interpreter.allocate_tensors()
+            interpreter.set_tensor(detail["index"], images[:1])
+            functions[f"LiteRT {mode}"] = interpreter.invoke
+        times = time_interleaved(functions, repeats, warmup)
+    rows = {name: dict(summarize(t, 1), size_mb=sizes[name.split()[-1]] / 1e6)
+            for name, t in times.items()}
+    return rows, {}
+
+
+def run_suite(config, batch_size=32, latency_batch_size=1, precision="float32", peers=PEERS,
+              tasks=DEFAULT_TASKS, repeats=5, warmup=2, threads=None, optimizer="sgd", fast=True,
+              tflite_modes=("none", "float16", "dynamic"), peak_tflops=None):
+    """Runs the benchmark; returns a JSON-able dict with `settings`, `environment`, `results`
+    (task -> contender -> numbers) and `skipped` (what was not run and why)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}: expected one of {list(PRECISIONS)}.")
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"Unknown task(s) {unknown}: expected some of {list(TASKS)}.")
+    threads = threads or len(os.sched_getaffinity(0))
+    set_threads(threads)
+    peers = [p for p in peers if p != "none"]
+    contenders, skipped = build_contenders(config, precision, optimizer, peers, fast)
+    env = environment(threads)
+    peak = _peak_tflops(env["gpu"], precision, peak_tflops)
+    forward = vit_flops(**config)
+    size = config["image_size"]
+    shape = (batch_size, *((size, size) if np.isscalar(size) else size), 3)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, shape).astype("float32")
+    labels = rng.integers(0, config["num_classes"], batch_size).astype("int32")
+    results = {}
+
+    for task, batch in (("latency", latency_batch_size), ("throughput", batch_size)):
+        if task not in tasks:
+            continue
+        data = images[:batch]
+        if batch > batch_size:
+            data = rng.uniform(0, 255, (batch, *shape[1:])).astype("float32")
+        functions = {}
+        for c in contenders:
+            predict = c.build_predict(data)
+            functions[c.name] = (lambda p=predict: p(data))
+        times = time_interleaved(functions, repeats, warmup)
+        results[task] = {name: summarize(t, batch, forward, peak) for name, t in times.items()}
+
+    if "training" in tasks:
+        functions = {c.name: c.build_train(images, labels) for c in contenders if c.build_train}
+        times = time_interleaved(functions, repeats, warmup)
+        results["training"] = {name: summarize(t, batch_size, 3 * forward, peak)
+                               for name, t in times.items()}
+
+    if "memory" in tasks:
+        spec = {"config": config, "precision": precision, "optimizer": optimizer, "fast": fast,
+                "threads": threads}
+        results["memory"] = {c.name: _memory_in_subprocess(spec, c, list(shape)) for c in contenders}
+
+    if "tflite" in tasks:
+        rows, why = _tflite_latency(config, tflite_modes, threads, repeats, warmup, images)
+        results["tflite"] = rows
+        skipped.update(why)
+
+    return {
+        "settings": {"config": config, "batch_size": batch_size,
+                     "latency_batch_size": latency_batch_size, "precision": precision,
+                     "optimizer": optimizer, "repeats": repeats, "warmup": warmup,
+                     "forward_gflops_per_image": forward / 1e9, "peak_tflops": peak,
+                     "contenders": {c.name: c.settings for c in contenders}},
+        "environment": env, "results": results, "skipped": skipped,
+    }
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def markdown_table(report):
+    """The results as Markdown: a settings line, then one table per task with ratios to keras_vit."""
+    s, env = report["settings"], report["environment"]
+    c = s["config"]
+    lines = [
+        f"ViT patch {c['patch_size']}, width {c['hidden_size']}, depth {c['num_layers']}, heads "
+        f"{c['num_heads']}, MLP {c['mlp_dim']}, image {c['image_size']}, {c['num_classes']} classes "
+        f"({s['forward_gflops_per_image']:.2f} GFLOP forward per image); precision "
+        f"{s['precision']}, optimizer {s['optimizer']}, {s['repeats']} repeats after "
+        f"{s['warmup']} warm-up, interleaved.",
+        "",
+        f"Backend {env['backend']}, Keras {env['keras']}, threads {env['threads']}, CPU "
+        f"{env['cpu']} x{env['cpu_cores']} cores, GPU {env['gpu'] or 'none'}; "
+        + ", ".join(f"{k} {env[k]}" for k in ("tensorflow", "jax", "torch", "transformers",
+                                             "keras_hub", "timm") if k in env) + ".",
+        "",
+    ]
+    titles = {"latency": f"Inference latency, batch {s['latency_batch_size']}",
+              "throughput": f"Inference throughput, batch {s['batch_size']}",
+              "training": f"Training step, batch {s['batch_size']}",
+              "tflite": "LiteRT interpreter, batch 1"}
+    for task, rows in report["results"].items():
+        if not rows:  # e.g. tflite on a backend that cannot convert: listed under "skipped"
+            continue
+        if task == "memory":
+            lines += ["### Peak memory (one inference + two training steps, fresh process)", "",
+                      "| contender | peak RSS (MiB) | RSS after imports (MiB) | device peak (MiB) |",
+                      "| --- | ---: | ---: | ---: |"]
+            for name, row in rows.items():
+                if "error" in row:
+                    lines.append(f"| {name} | failed: {row['error']} | | |")
+                    continue
+                device = row.get("device_peak_mib")
+                lines.append(f"| {name} | {row['peak_rss_mib']:.0f} | {row['rss_after_imports_mib']:.0f}"
+                             f" | {'-' if device is None else f'{device:.0f}'} |")
+            lines.append("")
+            continue
+        base = rows.get("keras_vit", next(iter(rows.values())))
+        mfu = any("mfu" in r for r in rows.values())
+        lines += [f"### {titles[task]}", "",
+                  "| contender | median (ms) | min–max (ms) | images/s | time / keras_vit |"
+                  + (" MFU |" if mfu else "") + (" size (MB) |" if task == "tflite" else ""),
+                  "| --- | ---: | ---: | ---: | ---: |" + (" ---: |" if mfu else "")
+                  + (" ---: |" if task == "tflite" else "")]
+        for name, row in rows.items():
+            ratio = row["median_ms"] / base["median_ms"] if base and task != "tflite" else None
+            line = (f"| {name} | {row['median_ms']:.1f} | {row['min_ms']:.1f}–{row['max_ms']:.1f} | "
+                    f"{row['images_per_s']:.1f} | {'-' if ratio is None else f'{ratio:.2f}x'} |")
+            if mfu:
+                line += f" {row.get('mfu', 0):.1%} |"
+            if task == "tflite":
+                line += f" {row['size_mb']:.1f} |"
+            lines.append(line)
+        lines.append("")
+    if any(t not in ("memory", "tflite") for t in report["results"]):
+        lines.append("`time / keras_vit`: the row's median over keras_vit's median in the same run "
+                     "(above 1.00x the row is slower than keras_vit, below it faster).")
+    for peer, why in report["skipped"].items():
+        lines.append(f"- {peer}: not measured, {why}.")
+    lines.append("")
+    lines.append("Settings per contender: " + "; ".join(
+        f"{name}: " + ", ".join(f"{k} {v}" for k, v in st.items())
+        for name, st in s["contenders"].items()) + ".")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _csv(value):
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def add_benchmark_arguments(parser):
+    parser.add_argument("--model", default="ViTB16",
+                        help="variant: ViTTi16, ViTS16, ViTB16, ... or S/16, B/16 ... (default ViTB16)")
+    parser.add_argument("--config", type=json.loads, default=None,
+                        help='JSON overrides of the ViT arguments, e.g. \'{"num_layers": 2}\'')
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=32, help="throughput and training batch")
+    parser.add_argument("--latency-batch-size", type=int, default=1)
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="bfloat16: bf16 inference, mixed_bfloat16 / autocast training")
+    parser.add_argument("--peers", type=_csv, default=list(PEERS),
+                        help=f"comma list of {', '.join(PEERS)}, or none (missing ones are skipped)")
+    parser.add_argument("--tasks", type=_csv, default=list(DEFAULT_TASKS),
+                        help=f"comma list of {', '.join(TASKS)}")
+    parser.add_argument("--tflite-modes", type=_csv, default=["none", "float16", "dynamic"],
+                        help="quantization modes for --tasks tflite: none, float16, dynamic, int8")
+    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="default: the cores this process may use")
+    parser.add_argument("--no-fast", dest="fast", action="store_false",
+                        help="leave out keras_vit.inference.fast_predictor")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="device peak for the MFU column (known GPUs are looked up)")
+    parser.add_argument("--output", default=None, help="write the results as JSON here")
+    parser.add_argument("--markdown", default=None, help="write the Markdown table here too")
+
+
+def run_benchmark(args):
+    if args.batch_size <= 0 or args.latency_batch_size <= 0 or args.repeats <= 0 or args.warmup < 0:
+        raise ValueError("--batch-size, --latency-batch-size and --repeats must be positive and "
+                         f"--warmup non-negative; got {args.batch_size}, {args.latency_batch_size}, "
+                         f"{args.repeats}, {args.warmup}.")
+    config = resolve_config(args.model, args.image_size, args.num_classes, args.config)
+    report = run_suite(config, args.batch_size, args.latency_batch_size, args.precision, args.peers,
+                       args.tasks, args.repeats, args.warmup, args.threads, args.optimizer, args.fast,
+                       args.tflite_modes, args.peak_tflops)
+    table = markdown_table(report)
+    print(table)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(report, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table)
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m keras_vit.benchmark")
+    add_benchmark_arguments(parser)
+    sys.exit(run_benchmark(parser.parse_args()))
