@@ -9,7 +9,10 @@ What is measured, for one architecture, batch size, image size, backend and prec
   for Keras models, a plain PyTorch loop for the torch peers), images/s;
 - `memory`: peak process RSS (`resource.getrusage`) on CPU, peak device memory on GPU, each contender
   in a fresh subprocess so that the numbers do not mix;
-- `tflite`: batch-1 latency of `.tflite` files (one per quantization mode) with the LiteRT interpreter.
+- `tflite`: batch-1 latency of `.tflite` files (one per quantization mode) with the LiteRT interpreter;
+- `pipeline`: images/s of keras_vit's tf.data training pipeline alone (read, decode, inception
+  crop, resize, flip, batch, prefetch) on photo-sized JPEGs, beside the training step's images/s:
+  whether the input pipeline can keep the model fed on this machine.
 
 Contenders run interleaved (A B C A B C ...) after their warm-up, so that load from other processes
 hits every contender alike; each cell reports the median and the min/max of `--repeats` timings and
@@ -30,7 +33,7 @@ import time
 import numpy as np
 
 PEERS = ("keras_hub", "hf", "timm")
-TASKS = ("latency", "throughput", "training", "memory", "tflite")
+TASKS = ("latency", "throughput", "training", "memory", "tflite", "pipeline")
 DEFAULT_TASKS = ("latency", "throughput", "training", "memory")
 PRECISIONS = ("float32", "bfloat16")
 # Dense peak TFLOP/s (bfloat16 tensor cores, float32 without TF32) for the MFU column.
@@ -508,6 +511,52 @@ def _tflite_latency(config, modes, threads, repeats, warmup, images):
     return rows, {}
 
 
+def _synthetic_jpegs(folder, count, shape=(375, 500), seed=0):
+    """`count` photo-like JPEGs (smooth colour fields with texture, quality 90; about the size and
+    decode cost of ImageNet photos, unlike white noise) in two class sub-folders of `folder`."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype("float32")
+    for index in range(count):
+        channels = []
+        for _ in range(3):
+            fx, fy, phase = rng.uniform(0.005, 0.05, 2).tolist() + [rng.uniform(0, 6.3)]
+            channels.append(128 + 90 * np.sin(fx * xx + fy * yy + phase))
+        pixels = np.stack(channels, -1) + rng.normal(0, 12, (*shape, 3))
+        sub = os.path.join(folder, f"class_{index % 2}")
+        os.makedirs(sub, exist_ok=True)
+        Image.fromarray(np.clip(pixels, 0, 255).astype("uint8")).save(
+            os.path.join(sub, f"{index:04d}.jpg"), quality=90)
+
+
+def _pipeline_throughput(image_size, batch_size, repeats, warmup):
+    """Per-batch time of keras_vit.data.from_directory(..., training=True) on synthetic JPEGs."""
+    import tempfile
+
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        return {}, {"pipeline": "needs TensorFlow (tf.data), which is not installed"}
+    from keras_vit import data
+
+    with tempfile.TemporaryDirectory(prefix="keras_vit_bench_") as tmp:
+        _synthetic_jpegs(tmp, max(2 * batch_size, 64))
+        dataset = data.from_directory(tmp, image_size=image_size, batch_size=batch_size,
+                                      training=True, seed=0).repeat()
+        iterator = iter(dataset)
+        for _ in range(max(warmup, 1)):
+            next(iterator)
+        batches = 4  # per timing: the prefetch buffer must not hide the pipeline's own speed
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(batches):
+                next(iterator)
+            seconds.append((time.perf_counter() - start) / batches)
+    return {"keras_vit.data pipeline": summarize(seconds, batch_size)}, {}
+
+
 def run_suite(config, batch_size=32, latency_batch_size=1, precision="float32", peers=PEERS,
               tasks=DEFAULT_TASKS, repeats=5, warmup=2, threads=None, optimizer="sgd", fast=True,
               tflite_modes=("none", "float16", "dynamic"), peak_tflops=None):
@@ -561,6 +610,11 @@ def run_suite(config, batch_size=32, latency_batch_size=1, precision="float32", 
         results["tflite"] = rows
         skipped.update(why)
 
+    if "pipeline" in tasks:
+        rows, why = _pipeline_throughput(size, batch_size, repeats, warmup)
+        results["pipeline"] = rows
+        skipped.update(why)
+
     return {
         "settings": {"config": config, "batch_size": batch_size,
                      "latency_batch_size": latency_batch_size, "precision": precision,
@@ -594,7 +648,8 @@ def markdown_table(report):
     titles = {"latency": f"Inference latency, batch {s['latency_batch_size']}",
               "throughput": f"Inference throughput, batch {s['batch_size']}",
               "training": f"Training step, batch {s['batch_size']}",
-              "tflite": "LiteRT interpreter, batch 1"}
+              "tflite": "LiteRT interpreter, batch 1",
+              "pipeline": f"tf.data training pipeline alone, batch {s['batch_size']} (per batch)"}
     for task, rows in report["results"].items():
         if not rows:  # e.g. tflite on a backend that cannot convert: listed under "skipped"
             continue
@@ -610,6 +665,19 @@ def markdown_table(report):
                 lines.append(f"| {name} | {row['peak_rss_mib']:.0f} | {row['rss_after_imports_mib']:.0f}"
                              f" | {'-' if device is None else f'{device:.0f}'} |")
             lines.append("")
+            continue
+        if task == "pipeline":
+            (name, row), = rows.items()
+            lines += [f"### {titles[task]}", "",
+                      "| pipeline | median (ms) | min–max (ms) | images/s |", "| --- | ---: | ---: | ---: |",
+                      f"| {name} | {row['median_ms']:.1f} | {row['min_ms']:.1f}–{row['max_ms']:.1f} | "
+                      f"{row['images_per_s']:.1f} |", ""]
+            step = report["results"].get("training", {}).get("keras_vit")
+            if step:
+                ratio = row["images_per_s"] / step["images_per_s"]
+                lines += [f"The pipeline delivers {ratio:.1f}x the images/s of keras_vit's training "
+                          f"step on this machine ({'enough to keep it fed' if ratio >= 1 else 'not enough: the model would wait for data'}; "
+                          "decoding shares the cores with the model on CPU).", ""]
             continue
         base = rows.get("keras_vit", next(iter(rows.values())))
         mfu = any("mfu" in r for r in rows.values())
@@ -628,7 +696,7 @@ def markdown_table(report):
                 line += f" {row['size_mb']:.1f} |"
             lines.append(line)
         lines.append("")
-    if any(t not in ("memory", "tflite") for t in report["results"]):
+    if any(t not in ("memory", "tflite", "pipeline") for t in report["results"]):
         lines.append("`time / keras_vit`: the row's median over keras_vit's median in the same run "
                      "(above 1.00x the row is slower than keras_vit, below it faster).")
     for peer, why in report["skipped"].items():

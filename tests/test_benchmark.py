@@ -76,6 +76,33 @@ def test_benchmark_memory_and_tflite(tmp_path):
     assert report["results"]["tflite"]["LiteRT none"]["size_mb"] > 0.1
 
 
+def test_benchmark_pipeline_beside_training(tmp_path):
+    out, md = tmp_path / "results.json", tmp_path / "results.md"
+    main(["benchmark", "--model", "ViTTi16", "--config", json.dumps(TINY), "--batch-size", "4",
+          "--repeats", "2", "--warmup", "1", "--tasks", "training,pipeline", "--peers", "none",
+          "--no-fast", "--output", str(out), "--markdown", str(md)])
+    report = json.loads(out.read_text())
+    row = report["results"]["pipeline"]["keras_vit.data pipeline"]
+    assert row["batch_size"] == 4 and row["repeats"] == 2
+    assert 0 < row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+    assert row["images_per_s"] == pytest.approx(4000 / row["median_ms"])
+    table = md.read_text()
+    assert "### tf.data training pipeline alone, batch 4" in table
+    assert "The pipeline delivers" in table and "images/s of keras_vit's training step" in table
+
+
+def test_synthetic_jpegs_are_photo_like(tmp_path):
+    from PIL import Image
+
+    from keras_vit.benchmark import _synthetic_jpegs
+
+    _synthetic_jpegs(tmp_path, 4, shape=(60, 80))
+    files = sorted(tmp_path.rglob("*.jpg"))
+    assert [f.parent.name for f in files] == ["class_0", "class_0", "class_1", "class_1"]
+    pixels = np.asarray(Image.open(files[0]))
+    assert pixels.shape == (60, 80, 3) and 40 < pixels.std() < 90  # textured, not flat, not noise
+
+
 def test_benchmark_rejects_bad_arguments():
     with pytest.raises(ValueError, match="Unknown peer 'pytorch'"):
         benchmark.build_contenders(TINY, "float32", "sgd", ["pytorch"])
