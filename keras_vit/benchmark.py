@@ -102,15 +102,12 @@ def environment(threads):
 
 
 def _cpu_model():
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
+    from keras_vit.inference import cpu_info
+
+    fields = cpu_info()
+    if not fields:
         return platform.processor() or "unknown"
-    flags = set(fields.get("flags", "").split())
+    flags = fields["flags"]
     extras = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
     return (f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model "
             f"{fields.get('model', '?')}; {' '.join(extras) or 'no avx512'})")

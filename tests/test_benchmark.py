@@ -103,6 +103,52 @@ def test_synthetic_jpegs_are_photo_like(tmp_path):
     assert pixels.shape == (60, 80, 3) and 40 < pixels.std() < 90  # textured, not flat, not noise
 
 
+X86_ZEN3 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC 7B13
+flags\t\t: fpu sse2 avx avx2 fma
+
+processor\t: 1
+flags\t\t: fpu avx512_bf16
+"""
+ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\nCPU implementer\t: 0x41\n"
+
+
+def test_cpu_info_reads_x86_and_arm_flags(tmp_path):
+    (tmp_path / "x86").write_text(X86_ZEN3)
+    (tmp_path / "arm").write_text(ARM_BF16)
+    x86 = inference.cpu_info(str(tmp_path / "x86"))
+    assert x86["model name"] == "AMD EPYC 7B13" and x86["cpu family"] == "25"
+    assert "avx2" in x86["flags"] and "avx512_bf16" not in x86["flags"]  # first processor only
+    assert "bf16" in inference.cpu_info(str(tmp_path / "arm"))["flags"]
+    assert inference.cpu_info(str(tmp_path / "missing")) == {}
+
+
+def test_fast_predictor_auto_precision_follows_the_hardware(monkeypatch, tmp_path):
+    """precision="auto": float32 on a CPU without native bfloat16, bfloat16 where it is native."""
+    model = randomize_weights(keras_vit.ViT(**TINY))
+    images = random_images(4, 32, seed=2)
+    float32 = inference.fast_predictor(model, precision="float32")(images)
+    bf16 = inference.fast_predictor(model, precision="bfloat16")(images)
+    assert np.abs(float32 - bf16).max() > 1e-4  # the two precisions are distinguishable
+    monkeypatch.setattr(inference, "on_accelerator", lambda: False)
+    (tmp_path / "cpuinfo").write_text(X86_ZEN3)  # a CPU without native bfloat16 (AMD Zen 3)
+    zen3 = inference.cpu_info(str(tmp_path / "cpuinfo"))
+    monkeypatch.setattr(inference, "cpu_info", lambda path=None: zen3)
+    assert not inference.native_bfloat16()
+    np.testing.assert_array_equal(inference.fast_predictor(model)(images), float32)
+    monkeypatch.setattr(inference, "_warned_emulated_bfloat16", False)
+    with pytest.warns(UserWarning, match="without native bfloat16"):
+        inference.fast_predictor(model, precision="bfloat16")
+    monkeypatch.setattr(inference, "cpu_info", lambda path=None: {"flags": {"avx2", "avx512_bf16"}})
+    assert inference.native_bfloat16()
+    np.testing.assert_array_equal(inference.fast_predictor(model)(images), bf16)
+    with pytest.raises(ValueError, match="Unknown precision 'fp8'"):
+        inference.fast_predictor(model, precision="fp8")
+
+
 def test_benchmark_rejects_bad_arguments():
     with pytest.raises(ValueError, match="Unknown peer 'pytorch'"):
         benchmark.build_contenders(TINY, "float32", "sgd", ["pytorch"])
