@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 
 import keras
 from keras import ops
@@ -209,6 +210,17 @@ def set_mixed_precision(precision):
     if precision not in PRECISIONS:
         raise ValueError(f"Unknown mixed precision {precision!r}: expected one of "
                          f"{[p for p in PRECISIONS if p]} or None.")
+    if precision in ("float16", "bfloat16"):
+        from keras_vit.inference import BFLOAT16_CPU_FLAGS, native_bfloat16, on_accelerator
+
+        if precision == "float16" and not on_accelerator():
+            warnings.warn("Mixed precision 'float16' on the CPU: it is meant for GPUs; CPU float16 "
+                          "matmuls are emulated and usually slower than float32.", stacklevel=2)
+        elif precision == "bfloat16" and not native_bfloat16():
+            warnings.warn("Mixed precision 'bfloat16' on a CPU without native bfloat16 matmuls "
+                          f"(none of the CPU flags {', '.join(BFLOAT16_CPU_FLAGS)}): it is "
+                          "emulated here and slower than float32 (a ViT-S/16 training step "
+                          "measured 1.24x slower than float32 on AMD Zen 3).", stacklevel=2)
     keras.config.set_dtype_policy(PRECISIONS[precision])
     return PRECISIONS[precision]
 

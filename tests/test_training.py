@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 import keras_vit
-from keras_vit import cli, training
+from keras_vit import cli, inference, training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow",
@@ -148,7 +148,11 @@ def test_jit_compile_auto_chooses_and_logs(caplog):
 
 
 def test_mixed_float16_gets_loss_scaling():
-    training.set_mixed_precision("float16")
+    if inference.on_accelerator():
+        training.set_mixed_precision("float16")
+    else:
+        with pytest.warns(UserWarning, match="float16' on the CPU"):
+            training.set_mixed_precision("float16")
     model = keras_vit.ViT(image_size=8, patch_size=4, hidden_size=16, num_layers=1, num_heads=2,
                           mlp_dim=32, num_classes=3)
     model.compile(**training.finetune_recipe(10, num_classes=3))
@@ -162,6 +166,23 @@ def test_mixed_float16_gets_loss_scaling():
     assert keras.config.dtype_policy().name == "float32"
     with pytest.raises(ValueError, match="float16.*bfloat16"):
         training.set_mixed_precision("int8")
+
+
+def test_mixed_bfloat16_warns_only_where_it_is_emulated(monkeypatch):
+    import warnings
+
+    monkeypatch.setattr(inference, "on_accelerator", lambda: False)
+    try:
+        monkeypatch.setattr(inference, "cpu_info", lambda path=None: {"flags": {"avx2", "fma"}})
+        with pytest.warns(UserWarning, match="without native bfloat16"):
+            assert training.set_mixed_precision("bfloat16") == "mixed_bfloat16"
+        monkeypatch.setattr(inference, "cpu_info", lambda path=None: {"flags": {"amx_bf16"}})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            training.set_mixed_precision("bfloat16")
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+    finally:
+        training.set_mixed_precision(None)
 
 
 def test_terminate_on_nan_says_where_and_what_to_try():
