@@ -343,3 +343,13 @@ def test_fit_repeats_a_dataset_of_unknown_length(tmp_path):
     training.fit(model, data, epochs=3, steps_per_epoch=3,
                  callbacks=training.callbacks(str(tmp_path / "run"), tensorboard=False), verbose=0)
     assert int(model.optimizer.iterations) == 9
+
+
+def test_cli_turns_onednn_on_only_where_it_may():
+    env = {}
+    assert cli.enable_onednn(env, modules={}, machine="x86_64") and env == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    env = {"TF_ENABLE_ONEDNN_OPTS": "0"}  # the user's choice stands
+    assert not cli.enable_onednn(env, modules={}, machine="x86_64") and env["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    env = {}
+    assert not cli.enable_onednn(env, modules={"tensorflow": object()}, machine="x86_64")
+    assert not cli.enable_onednn(env, modules={}, machine="aarch64") and env == {}
