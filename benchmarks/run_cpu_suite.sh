@@ -15,7 +15,7 @@ for spec in "ViTTi16 16" "ViTS16 8" "ViTB16 8"; do
   for precision in float32 bfloat16; do
     tasks=latency,throughput,training
     if [ "$precision" = float32 ]; then tasks=$tasks,memory; fi
-    if [ "$1" = ViTTi16 ] && [ "$precision" = float32 ]; then tasks=$tasks,tflite; fi
+    if [ "$1" = ViTTi16 ] && [ "$precision" = float32 ]; then tasks=$tasks,tflite,pipeline; fi
     "$PY" -m keras_vit.cli benchmark --model "$1" --batch-size "$2" --precision "$precision" \
       --peers keras_hub,hf,timm --tasks "$tasks" --repeats "${REPEATS:-5}" --warmup 2 \
       --output "$OUT/cpu_$1_$precision.json" --markdown "$OUT/cpu_$1_$precision.md"
