@@ -146,9 +146,7 @@ def _choose_hint(hint):
     if backend == "jax":
         return "xla"
     if backend == "tensorflow":
-        import tensorflow as tf
-
-        return "xla" if tf.config.list_logical_devices("GPU") else "graph"
+        return "xla" if on_accelerator() else "graph"
     return "eager"
 
 
