@@ -529,9 +529,8 @@ def _synthetic_jpegs(folder, count, shape=(375, 500), seed=0):
 
 def _pipeline_throughput(image_size, batch_size, repeats, warmup):
     """Per-batch time of keras_vit.data.from_directory(..., training=True) on synthetic JPEGs."""
-    import tempfile
-
     import importlib.util
+    import tempfile
 
     if importlib.util.find_spec("tensorflow") is None:
         return {}, {"pipeline": "needs TensorFlow (tf.data), which is not installed"}
