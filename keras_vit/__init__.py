@@ -9,8 +9,17 @@ modules that need it (data pipelines, SavedModel/TFLite export, tf.distribute), 
 
 import importlib
 
-from keras_vit import layers
-from keras_vit.models import (
+from keras_vit import _startup
+
+if _startup.wanted():
+    with _startup.tensorflow_notices_dropped():
+        import keras  # noqa: F401 - imports TensorFlow, which prints its notices now
+
+from keras_vit import layers  # noqa: E402
+# Registers every object a trained model's `.keras` file references (schedules, loss, metrics,
+# optimizer), so `keras.models.load_model` works after `import keras_vit` alone. No TensorFlow.
+from keras_vit import training  # noqa: E402
+from keras_vit.models import (  # noqa: E402
     VARIANTS,
     ViT,
     ViTB8,
@@ -29,7 +38,7 @@ from keras_vit.models import (
 __version__ = "0.1.0"
 
 # Submodules that need TensorFlow or heavy libraries load on first use: `keras_vit.export` etc.
-_LAZY_SUBMODULES = ("weights", "data", "training", "export", "explain", "benchmark", "cli", "labels",
+_LAZY_SUBMODULES = ("weights", "data", "export", "explain", "benchmark", "cli", "labels",
                     "predict", "inference", "images")
 
 

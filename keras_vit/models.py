@@ -4,6 +4,10 @@
     features = keras_vit.ViTS16(include_top=False)(images) # pooled features (batch, 384)
 """
 
+import difflib
+import inspect
+import math
+
 import keras
 import numpy as np
 from keras import ops
@@ -56,8 +60,14 @@ class VisionTransformer(keras.Model):
                  normalization_mean=GOOGLE_NORMALIZATION[0], normalization_std=GOOGLE_NORMALIZATION[1],
                  layer_norm_epsilon=L.LAYER_NORM_EPSILON, class_names=None, name=None, dtype=None,
                  **kwargs):
+        _check_keywords(kwargs, _MODEL_KEYWORDS, "VisionTransformer")
         image_size = L._pair(image_size, "image_size")
         patch_size = L._pair(patch_size, "patch_size")
+        _check_numbers(num_layers=num_layers, hidden_size=hidden_size, num_heads=num_heads,
+                       mlp_dim=mlp_dim, representation_size=representation_size,
+                       num_registers=num_registers, layer_norm_epsilon=layer_norm_epsilon,
+                       layer_scale_init_value=layer_scale_init_value,
+                       normalization_std=normalization_std)
         if class_token is None:
             # Google's GAP and big_vision's MAP models have no class token; the classic ViT has one.
             class_token = pooling in ("token", None)
@@ -167,6 +177,11 @@ class VisionTransformer(keras.Model):
         return cls(**config)
 
 
+# The keywords `VisionTransformer` takes: its own arguments, and keras.Model's `trainable`.
+_MODEL_KEYWORDS = tuple(p for p in inspect.signature(VisionTransformer.__init__).parameters
+                        if p not in ("self", "kwargs")) + ("trainable",)
+
+
 def _as_list(value):
     return [float(v) for v in np.ravel(value)]
 
@@ -174,6 +189,42 @@ def _as_list(value):
 def _is_mixed(policy):
     policy = policy or keras.config.dtype_policy()
     return policy.compute_dtype != policy.variable_dtype
+
+
+def _check_keywords(kwargs, valid, function_name):
+    """TypeError for a keyword `function_name` does not take, naming the nearest valid one."""
+    for key in kwargs:
+        if key not in valid:
+            near = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; valid: {sorted(valid)}"
+            raise TypeError(f"{function_name}() got an unexpected keyword argument {key!r}{hint}")
+
+
+# Ranges of the architecture's numbers: (smallest allowed, may be None).
+_NUMBER_RANGES = {"num_layers": (1, False), "hidden_size": (1, False), "num_heads": (1, False),
+                  "mlp_dim": (1, False), "representation_size": (1, True),
+                  "num_registers": (0, False)}
+
+
+def _check_numbers(layer_norm_epsilon, layer_scale_init_value, normalization_std, **integers):
+    for key, value in integers.items():
+        low, optional = _NUMBER_RANGES[key]
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{key} must be an int >= {low}{' or None' if optional else ''}, "
+                             f"got {value!r}.")
+    if not (isinstance(layer_norm_epsilon, (int, float)) and math.isfinite(layer_norm_epsilon)
+            and layer_norm_epsilon > 0):
+        raise ValueError(f"layer_norm_epsilon must be a positive number, got {layer_norm_epsilon!r}.")
+    if layer_scale_init_value is not None and not (
+            isinstance(layer_scale_init_value, (int, float)) and layer_scale_init_value > 0):
+        raise ValueError(f"layer_scale_init_value must be None or > 0, got "
+                         f"{layer_scale_init_value!r}.")
+    std = np.ravel(np.asarray(normalization_std, dtype="float64"))
+    if std.size not in (1, 3) or not np.all(std > 0):
+        raise ValueError(f"normalization_std must be one or three positive numbers, got "
+                         f"{normalization_std!r}.")
 
 
 def _validate(image_size, patch_size, hidden_size, num_heads, pooling, include_top, num_classes,
@@ -233,6 +284,7 @@ def ViT(image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads
         >>> model = keras_vit.ViT(image_size=32, patch_size=4, hidden_size=64, num_layers=2,
         ...                       num_heads=4, mlp_dim=128, num_classes=10)
     """
+    _check_keywords(kwargs, _MODEL_KEYWORDS, "ViT")
     config = dict(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
                   num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim,
                   num_classes=num_classes, include_top=include_top, pooling=pooling,
@@ -247,10 +299,15 @@ def ViT(image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads
     return weights_lib.build_with_weights(config, weights, resample_method=resample_method)
 
 
+_VIT_KEYWORDS = tuple(p for p in inspect.signature(ViT).parameters if p != "kwargs") + tuple(
+    p for p in _MODEL_KEYWORDS if p not in inspect.signature(ViT).parameters)
+
+
 def _variant_builder(variant, function_name):
     architecture = variant_config(variant)
 
     def builder(image_size=224, num_classes=1000, include_top=True, weights=None, **kwargs):
+        _check_keywords(kwargs, _VIT_KEYWORDS, function_name)
         clash = sorted(set(kwargs) & set(ARCHITECTURE_ARGS))
         if clash:
             raise ValueError(

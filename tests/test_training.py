@@ -48,17 +48,17 @@ def test_warmup_linear_values(step, expected):
 
 
 def test_finetune_recipe_is_the_papers():
-    recipe = training.finetune_recipe(steps=200, base_lr=0.03)  # warmup 500 > steps: clipped
+    recipe = training.finetune_recipe(steps=200, base_lr=0.03)  # warmup: 10% of 200, not 500
     optimizer = recipe["optimizer"]
     assert isinstance(optimizer, keras.optimizers.SGD) and optimizer.momentum == 0.9
     assert optimizer.global_clipnorm == 1.0 and optimizer.clipnorm is None
     assert getattr(optimizer, "weight_decay", None) in (None, 0.0)
     schedule = optimizer._learning_rate
     assert isinstance(schedule, training.WarmupCosine)
-    assert (schedule.total_steps, schedule.warmup_steps) == (200, 200)
-    assert float(schedule(100)) == pytest.approx(0.015)
-    loss = recipe["loss"]
-    assert isinstance(loss, keras.losses.CategoricalCrossentropy) and loss.get_config()["from_logits"]
+    assert (schedule.total_steps, schedule.warmup_steps) == (200, 20)
+    assert float(schedule(10)) == pytest.approx(0.015)
+    assert float(schedule(100)) == pytest.approx(_cosine(100, 0.03, 200, 20))
+    assert recipe["loss"].get_config()["from_logits"]
     assert [m.name for m in recipe["metrics"]] == ["accuracy", "top5_accuracy"]
     assert [m.name for m in training.finetune_recipe(10, num_classes=3)["metrics"]] == ["accuracy"]
     assert recipe["jit_compile"] is False  # these tests run on CPU
@@ -353,3 +353,84 @@ def test_cli_turns_onednn_on_only_where_it_may():
     env = {}
     assert not cli.enable_onednn(env, modules={"tensorflow": object()}, machine="x86_64")
     assert not cli.enable_onednn(env, modules={}, machine="aarch64") and env == {}
+
+
+# ----------------------------------------------------------------------------- labels, warmup rule
+def test_recipe_loss_and_metrics_take_integer_one_hot_and_soft_labels():
+    logits = np.array([[2.0, 0.5, -1.0, 0.0, 0.3, 0.1], [0.1, 0.2, 3.0, -2.0, 0.0, 0.4]], "float32")
+    labels = np.array([1, 2])
+    recipe = training.finetune_recipe(10, label_smoothing=0.1)
+    loss = recipe["loss"]
+    # Hand-computed: smoothed targets (1 - 0.1) * onehot + 0.1 / 6, cross-entropy of log-softmax.
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    targets = 0.9 * np.eye(6)[labels] + 0.1 / 6
+    expected = float(np.mean(-(targets * log_probs).sum(-1)))
+    for y in (labels, labels[:, None], np.eye(6)[labels]):
+        assert float(loss(y, logits)) == pytest.approx(expected, rel=1e-5)
+    soft = np.array([[0.0, 0.7, 0.3, 0, 0, 0], [0.5, 0, 0.5, 0, 0, 0]])
+    soft_targets = 0.9 * soft + 0.1 / 6
+    assert float(loss(soft, logits)) == pytest.approx(
+        float(np.mean(-(soft_targets * log_probs).sum(-1))), rel=1e-5)
+    accuracy, top5 = recipe["metrics"]
+    for y in (labels, labels[:, None], np.eye(6)[labels]):
+        accuracy.reset_state(), top5.reset_state()
+        accuracy.update_state(y, logits), top5.update_state(y, logits)
+        # Row 0: argmax is 0, label 1 -> wrong; row 1: argmax 2 = label. Label 1 of row 0 is
+        # its 2nd largest logit, so both are in the top 5.
+        assert (float(accuracy.result()), float(top5.result())) == (0.5, 1.0)
+    with pytest.raises(ValueError, match=r"\(batch, 6\)"):
+        loss(np.zeros((2, 4)), logits)
+
+
+def test_fit_with_integer_labels_the_most_common_keras_case():
+    x = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3)).astype("float32")
+    y = np.arange(16) % 3
+    model = keras_vit.ViT(image_size=8, patch_size=4, hidden_size=16, num_layers=1, num_heads=2,
+                          mlp_dim=16, num_classes=3)
+    for recipe in (training.finetune_recipe(4), training.scratch_recipe(4)):
+        model.compile(**recipe)
+        history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+        assert math.isfinite(history.history["loss"][0]) and "accuracy" in history.history
+        assert model.evaluate(x, y, verbose=0, return_dict=True)["accuracy"] >= 0.0
+
+
+def test_one_warmup_rule_for_the_library_and_the_cli():
+    # 10% of the updates, at most the paper's value: a 216-step fine-tune decays after 22 steps.
+    assert training.default_warmup_steps(216, cap=500) == 22
+    assert training.finetune_recipe(216)["optimizer"]._learning_rate.warmup_steps == 22
+    assert training.finetune_recipe(100_000)["optimizer"]._learning_rate.warmup_steps == 500
+    assert training.scratch_recipe(1_000_000)["optimizer"]._learning_rate.warmup_steps == 10_000
+    assert training.finetune_recipe(216, warmup_steps=0)["optimizer"]._learning_rate.warmup_steps == 0
+    with pytest.raises(ValueError, match="warmup_steps=300 is longer than the run"):
+        training.finetune_recipe(216, warmup_steps=300)
+    from keras_vit.cli import train as train_cli
+
+    args = train_cli.argparse.Namespace(gradient_accumulation=None, label_smoothing=None,
+                                        jit_compile="auto", warmup_steps=None, lr=None,
+                                        weight_decay=None)
+    for recipe in ("finetune", "scratch"):
+        kwargs = train_cli._recipe_from_args(args, recipe, 216, 27, False, 10)
+        assert kwargs["optimizer"]._learning_rate.warmup_steps == 22, recipe
+
+
+def test_weight_decay_exclusions_survive_the_config_round_trip():
+    optimizer = training.scratch_recipe(100)["optimizer"]
+    config = keras.optimizers.serialize(optimizer)
+    restored = keras.optimizers.deserialize(json.loads(json.dumps(config)))
+    assert restored.exclude_from_weight_decay_names == [training.NO_WEIGHT_DECAY_PATTERN]
+    bias = keras.Variable(np.ones(3), name="bias")
+    kernel = keras.Variable(np.ones((3, 3)), name="kernel")
+    assert restored._use_weight_decay(kernel) and not restored._use_weight_decay(bias)
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(steps=0), "steps must be a positive int"),
+    (dict(steps=10, base_lr=-1.0), "base_lr must be a positive number"),
+    (dict(steps=10, label_smoothing=1.5), r"label_smoothing must be in \[0, 1\)"),
+    (dict(steps=10, momentum=1.0), r"momentum must be in \[0, 1\)"),
+])
+def test_recipes_reject_bad_values(kwargs, error):
+    with pytest.raises(ValueError, match=error):
+        training.finetune_recipe(**kwargs)
+    with pytest.raises(TypeError, match="warmup"):
+        training.finetune_recipe(10, warmup=5)

@@ -1,8 +1,10 @@
 """`keras-vit`: one command line for training, evaluating, exporting, predicting, explaining.
 
-Each command lives in the module of its concern, which provides `add_<command>_arguments(parser)`
-and `run_<command>(args) -> int`; that module (and TensorFlow, where it needs it) is imported only
-when its command runs, so `keras-vit --help` is instant.
+Each command's module provides `add_<command>_arguments(parser)` and `run_<command>(args) -> int`;
+that module (and TensorFlow, where it needs it) is imported only when its command runs, so
+`keras-vit --help` is instant. A bad option, file or value (ValueError, TypeError, OSError from
+the library) ends the command with one `error: ...` line and exit status 2, never a traceback;
+`KERAS_VIT_DEBUG=1` shows the traceback instead.
 """
 
 import argparse
@@ -13,8 +15,8 @@ import sys
 
 # command: (module, one-line help)
 COMMANDS = {
-    "train": ("keras_vit.training", "train a ViT (default: a small ViT on a built-in real dataset)"),
-    "evaluate": ("keras_vit.training", "evaluate a saved model on a dataset"),
+    "train": ("keras_vit.cli.train", "train a ViT (default: a small ViT on a built-in real dataset)"),
+    "evaluate": ("keras_vit.cli.train", "evaluate a saved model on a dataset"),
     "export": ("keras_vit.export", "export to SavedModel (TF Serving) or TFLite/LiteRT"),
     "predict": ("keras_vit.predict", "top-k labels for images, from .keras, SavedModel or .tflite"),
     "explain": ("keras_vit.explain", "attention rollout, per-head maps, distances, filters as PNGs"),
@@ -45,13 +47,22 @@ def run_info(args):
         return 0
     from keras_vit import weights
 
+    if not os.path.exists(args.model):
+        raise FileNotFoundError(f"No model or checkpoint at {args.model!r}.")
     model = weights.load_model_or_checkpoint(args.model)
     model.summary()
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `keras-vit train: error: ... (see --help)`, exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="keras-vit",
         description="Vision Transformers for Keras 3: train, evaluate, export, predict, explain, "
         "benchmark. Run `keras-vit COMMAND --help` for a command's options.",
@@ -78,6 +89,10 @@ def enable_onednn(environ=os.environ, modules=sys.modules, machine=None):
     return True
 
 
+# What the library raises for a user's bad option, file or value.
+USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     enable_onednn()
@@ -91,7 +106,14 @@ def main(argv=None):
     module = importlib.import_module(COMMANDS[command][0])
     getattr(module, f"add_{command}_arguments")(sub.choices[command])
     args = parser.parse_args(argv)
-    return int(getattr(module, f"run_{command}")(args) or 0)
+    try:
+        return int(getattr(module, f"run_{command}")(args) or 0)
+    except USER_ERRORS as error:
+        if os.environ.get("KERAS_VIT_DEBUG"):
+            raise
+        message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+        print(f"error: {' '.join(message.split())}")
+        return 2
 
 
 if __name__ == "__main__":
