@@ -29,7 +29,7 @@ def wanted(environ=os.environ, argv=sys.argv):
 @contextlib.contextmanager
 def tensorflow_notices_dropped():
     """Runs the block with fd 2 captured; writes back the lines that are not TF notices."""
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # also the CPU-only "failed call to cuInit" error
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as capture:
