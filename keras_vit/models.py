@@ -257,8 +257,19 @@ def _validate(image_size, patch_size, hidden_size, num_heads, pooling, include_t
             raise ValueError(f"Dropout and drop-path rates must be in [0, 1), got {rate}.")
 
 
+class _Default:
+    """A `ViT()` default the caller did not choose: with `weights`, the checkpoint's value wins."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self):
+        return repr(self.value)
+
+
 def ViT(image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072,
-        num_classes=1000, include_top=True, pooling="token", representation_size=None,
+        num_classes=1000, include_top=True, pooling=_Default("token"),
+        representation_size=_Default(None),
         dropout_rate=0.0, attention_dropout_rate=0.0, drop_path_rate=0.0,
         include_preprocessing=True, classifier_activation=None, weights=None, name=None,
         resample_method=None, **kwargs):
@@ -269,7 +280,8 @@ def ViT(image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads
         num_classes: size of the classification head (zeros-initialised, as the paper does).
         include_top: False returns the pooled features (or all tokens with `pooling=None`).
         pooling: `"token"` (class token), `"gap"` (mean of the patch tokens), `"map"` (attention
-            pooling, as big_vision) or None.
+            pooling, as big_vision) or None. With `weights`, a pooling and `representation_size`
+            you do not pass follow the checkpoint; one you pass that it cannot give is an error.
         include_preprocessing: True takes raw pixels in [0, 255] and normalises in the graph.
         weights: None, a registered name (`"imagenet21k"`, `"imagenet21k+imagenet2012"`, ...) or a
             local checkpoint (Google `.npz`, Hugging Face directory or `.safetensors`, timm
@@ -292,11 +304,15 @@ def ViT(image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads
                   attention_dropout_rate=attention_dropout_rate, drop_path_rate=drop_path_rate,
                   include_preprocessing=include_preprocessing,
                   classifier_activation=classifier_activation, name=name, **kwargs)
+    given = {key for key, value in config.items() if not isinstance(value, _Default)}
+    config = {key: value.value if isinstance(value, _Default) else value
+              for key, value in config.items()}
     if weights is None:
         return VisionTransformer(**config)
     from keras_vit import weights as weights_lib
 
-    return weights_lib.build_with_weights(config, weights, resample_method=resample_method)
+    return weights_lib.build_with_weights(config, weights, resample_method=resample_method,
+                                          given=given)
 
 
 _VIT_KEYWORDS = tuple(p for p in inspect.signature(ViT).parameters if p != "kwargs") + tuple(

@@ -4,19 +4,26 @@
     model = keras_vit.ViTB16(weights="imagenet21k", image_size=384, num_classes=10)  # fine-tuning
     model = keras_vit.load_pretrained("google-vit-base-patch16-224/")  # HF folder
     model = keras_vit.load_pretrained("deit_tiny_patch16_224/model.safetensors")     # timm file
+    model = keras_vit.load_pretrained("runs/x/model.keras")  # a trained model, safe mode, as saved
 
 Every format is converted to one canonical state dict `{keras variable path: np.ndarray}` (the
-paths in `keras_vit.layers`' docstring), then assigned by `variable.path` with strict checks. The
-format is told by the file's contents, never by its name; pickles (`.pth`, `.bin`) are refused.
+paths in `keras_vit.layers`' docstring), then assigned by `variable.path` with strict checks: no
+tensor missing or left over, no block missing (a config's or the asked architecture's depth must
+be the file's), no NaN/inf. The format is told by the file's contents, never by its name (a
+`.keras` model, which Keras loads only under that suffix, aside); pickles (`.pth`, `.bin`) are
+refused.
 This module needs NumPy and `safetensors` only (no TensorFlow).
 """
 
 import dataclasses
+import difflib
 import hashlib
+import inspect
 import json
 import logging
 import os
 import re
+import time
 import zipfile
 
 import numpy as np
@@ -29,6 +36,7 @@ logger = logging.getLogger("keras_vit")
 # The standard ViT widths and their head counts (Ti, S, B, L, H), for checkpoints whose tensors
 # cannot tell the number of heads and that come without a config.
 STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+STANDARD_DEPTHS = {192: 12, 384: 12, 768: 12, 1024: 24, 1280: 32}  # to flag files missing blocks
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle")
 
 
@@ -151,48 +159,115 @@ def registry_entry(variant, name):
     return REGISTRY[variant, name]
 
 
-def download(entry):
-    """Downloads (once; cached under ~/.keras/keras_vit) and verifies a registered checkpoint."""
-    import keras
+def cache_folder():
+    """Where registered checkpoints are cached: `$KERAS_HOME/keras_vit` (default `~/.keras/keras_vit`)."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(home, "keras_vit")
 
+
+def download(entry):
+    """Downloads a registered checkpoint once into `cache_folder()` and verifies it.
+
+    The file arrives under a temporary name and is moved into place only when complete and
+    verified, so a killed download never leaves a file that looks cached. An entry without a
+    published SHA-256 is pinned on first use: the complete file's hash is written beside it
+    (`<file>.sha256`) *before* the file is moved in, so a cached file without its pin was not
+    completed by this code (an older, interrupted download) and is fetched again, never pinned.
+    """
+    folder = cache_folder()
+    path = os.path.join(folder, entry.fname)
+    pin = path + ".sha256"
+    if os.path.isfile(path):
+        expected = entry.sha256 or _read_pin(pin)
+        if expected:
+            _verify_hash(path, expected, entry.url, None if entry.sha256 else pin, True)
+            return path
+        logger.warning("%s has no pinned SHA-256 (%s absent): an interrupted download? Downloading "
+                       "it again.", path, pin)
+    os.makedirs(folder, exist_ok=True)
+    _remove_stale_partials(folder, entry.fname)
+    partial = f"{path}.{os.urandom(4).hex()}.part"  # one per download: concurrent ones don't mix
+    open(partial, "xb").close()  # a cache folder we cannot write to fails here, not as "offline"
     try:
-        path = keras.utils.get_file(entry.fname, entry.url, file_hash=entry.sha256,
-                                    cache_subdir="keras_vit")
-    except ValueError as error:  # keras' hash mismatch
-        raise ValueError(f"Downloaded {entry.url} does not match its SHA-256 {entry.sha256}: "
-                         f"{error}") from None
-    except Exception as error:
-        raise ConnectionError(
-            f"Could not download {entry.url} ({error}). Without network access, fetch the file "
-            f"elsewhere and pass its local path instead of the name, e.g. "
-            f"keras_vit.load_pretrained('/path/to/{entry.fname}')."
-        ) from None
-    if entry.sha256 is None:
-        verify_local_pin(path, entry.url)
+        try:
+            _fetch(entry.url, partial)
+        except Exception as error:
+            raise ConnectionError(
+                f"Could not download {entry.url} ({error}). Without network access, fetch the file "
+                f"elsewhere and pass its local path instead of the name, e.g. "
+                f"keras_vit.load_pretrained('/path/to/{entry.fname}')."
+            ) from None
+        expected = entry.sha256 or _read_pin(pin)
+        if expected:
+            _verify_hash(partial, expected, entry.url, None if entry.sha256 else pin, False)
+        else:
+            digest = _sha256(partial)
+            _write_atomically(pin, digest + "\n")
+            logger.warning("%s has no SHA-256 in keras_vit's registry: pinned the downloaded file's "
+                           "SHA-256 %s in %s; later loads are verified against it.", entry.url,
+                           digest, pin)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
     return path
 
 
-def verify_local_pin(path, url):
-    """Trust on first use for registry entries without a published SHA-256.
+def _fetch(url, destination):
+    """Streams `url` into `destination` (a progress bar on the console); a short read is an error."""
+    import urllib.request
 
-    The first download's hash is written beside the file (`<file>.sha256`); every later load checks
-    the cached file against it, so a file changed or truncated in the cache is refused.
-    """
-    digest, pin = _sha256(path), path + ".sha256"
-    if not os.path.exists(pin):
-        with open(pin, "w", encoding="utf-8") as file:
-            file.write(digest + "\n")
-        logger.warning("%s has no SHA-256 in keras_vit's registry: pinned the downloaded file's "
-                       "SHA-256 %s in %s; later loads are verified against it.", url, digest, pin)
-        return digest
+    from keras.utils import Progbar
+
+    with urllib.request.urlopen(url, timeout=60) as response, open(destination, "wb") as file:
+        total = int(response.headers.get("Content-Length") or 0) or None  # None: not told
+        progress, received = Progbar(total, unit_name="byte"), 0
+        for block in iter(lambda: response.read(1 << 20), b""):
+            file.write(block)
+            received += len(block)
+            progress.update(received)
+    if total is not None and received != total:
+        raise ConnectionError(f"the transfer ended after {received} of {total} bytes")
+
+
+def _remove_stale_partials(folder, fname, max_age_s=3600):
+    """Temporary files of downloads killed over an hour ago (a live one keeps writing to its own)."""
+    for name in os.listdir(folder):
+        partial = os.path.join(folder, name)
+        if (name.startswith(fname + ".") and name.endswith(".part") and os.path.isfile(partial)
+                and time.time() - os.path.getmtime(partial) > max_age_s):
+            os.remove(partial)
+
+
+def _read_pin(pin):
+    if not os.path.isfile(pin):
+        return None
     with open(pin, encoding="utf-8") as file:
-        pinned = file.read().strip()
-    if digest != pinned:
-        raise ValueError(
-            f"The cached checkpoint {path} has SHA-256 {digest}, but {pinned} was pinned when it "
-            f"was downloaded from {url}. Delete both files to download it again."
-        )
-    return digest
+        return file.read().strip()
+
+
+def _verify_hash(path, expected, url, pin, cached):
+    """`pin`: the pin file `expected` came from, None for a hash published in the registry."""
+    digest = _sha256(path)
+    if digest == expected:
+        return
+    source = f"{expected} was pinned in {pin} at its first download" if pin else \
+        f"keras_vit's registry publishes {expected}"
+    if cached:
+        raise ValueError(f"The cached checkpoint {path} has SHA-256 {digest}, but {source} from "
+                         f"{url}: the cached file is corrupt or was changed. Delete {path} to "
+                         f"download it again" + (f" (and {pin} if the file changed upstream)."
+                                                 if pin else "."))
+    raise ValueError(f"The file downloaded from {url} has SHA-256 {digest}, but {source}: it "
+                     f"changed upstream or in transit, and was not cached."
+                     + (f" Delete {pin} to trust the new file." if pin else ""))
+
+
+def _write_atomically(path, text):
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write(text)
+    os.replace(temporary, path)
 
 
 def _sha256(path):
@@ -213,21 +288,23 @@ def _variant_of(config):
 
 
 def _resolve(path_or_name):
-    """A local path as it is; `"B/16:imagenet21k"` or a registered file name -> downloaded path."""
+    """`(path, variant)`: a local path as it is (variant None); `"B/16:imagenet21k"` or a registered
+    file name -> the downloaded path and the variant it is registered for."""
     path = os.fspath(path_or_name)
     if os.path.exists(path):
-        return path
+        return path, None
     if ":" in path:
         variant, name = path.split(":", 1)
         if variant in M.VARIANTS:
-            return download(registry_entry(variant, name))
-    for entry in REGISTRY.values():
+            return download(registry_entry(variant, name)), variant
+    for (variant, _), entry in REGISTRY.items():
         if path in (entry.fname, entry.url.rsplit("/", 1)[-1], entry.url):
-            return download(entry)
+            return download(entry), variant
     raise FileNotFoundError(
         f"No checkpoint at {path!r}: expected a local file or folder (Google .npz, Hugging Face "
-        f"folder or .safetensors, timm .safetensors), 'VARIANT:NAME' such as 'B/16:imagenet21k', "
-        f"or a registered file name (keras_vit.weights.describe_registry() lists them)."
+        f"folder or .safetensors, timm .safetensors, a .keras model), 'VARIANT:NAME' such as "
+        f"'B/16:imagenet21k', or a registered file name (keras_vit.weights.describe_registry() "
+        f"lists them)."
     )
 
 
@@ -253,13 +330,16 @@ class Checkpoint:
     resample_method: str  # how the source resamples position embeddings
     antialias: bool = False
     path: str = ""
+    include_preprocessing: bool = True  # False only for a saved model that takes normalised inputs
 
 
-def read_checkpoint(path, num_heads=None):
+def read_checkpoint(path, num_heads=None, image_size=None):
     """Reads a checkpoint file or folder into a `Checkpoint`; the format comes from its contents.
 
     `num_heads` is needed only where neither the tensors nor a config tell it (a timm or Hugging
-    Face file of a non-standard width without its config.json).
+    Face file of a non-standard width without its config.json). `image_size` is the size the model
+    is wanted at: it tells the patch grid of a rectangular checkpoint that has no config (its
+    position embedding is a flat list of entries), when its patch count matches.
 
     >>> ckpt = read_checkpoint("deit_tiny_patch16_224/model.safetensors")
     >>> ckpt.architecture["hidden_size"], ckpt.source_format  # (192, 'timm')
@@ -267,21 +347,24 @@ def read_checkpoint(path, num_heads=None):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No checkpoint file or folder at {path!r}.")
-    files, folder = ([], path) if os.path.isdir(path) else ([path], os.path.dirname(path))
-    if not files:
-        files = _weight_files_in(folder)
+    files, folder, weight_map = ([path], os.path.dirname(path), None)
+    if os.path.isdir(path):
+        files, weight_map = _weight_files_in(path)
+        folder = path
     configs = {name: _read_json(os.path.join(folder, name))
                for name in ("config.json", "preprocessor_config.json")
                if os.path.isfile(os.path.join(folder, name))}
     kind = _sniff(files[0])
-    tensors = _read_npz(files[0]) if kind == "npz" else _read_safetensors(files)
+    tensors = _read_npz(files[0]) if kind == "npz" else _read_safetensors(files, weight_map)
+    _check_finite(tensors, path)
     keys = set(tensors)
     if kind == "npz":
-        checkpoint = _from_google(tensors, files[0])
+        checkpoint = _from_google(tensors, files[0], image_size)
     elif any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in keys):
-        checkpoint = _from_huggingface(tensors, configs, files[0], num_heads)
+        checkpoint = _from_huggingface(tensors, configs, files[0], num_heads, image_size)
     elif "patch_embed.proj.weight" in keys:
-        checkpoint = _from_timm(tensors, configs.get("config.json", {}), files[0], num_heads)
+        checkpoint = _from_timm(tensors, configs.get("config.json", {}), files[0], num_heads,
+                                image_size)
     else:
         raise ValueError(
             f"{files[0]!r} is a safetensors file but not a ViT checkpoint this library knows: "
@@ -293,17 +376,36 @@ def read_checkpoint(path, num_heads=None):
 
 
 def _weight_files_in(folder):
+    """`(files, weight_map)`: the checkpoint files of a folder, and a sharded checkpoint's index."""
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.isfile(index):  # sharded Hugging Face checkpoint
-        shards = sorted(set(_read_json(index)["weight_map"].values()))
-        return [os.path.join(folder, shard) for shard in shards]
+        weight_map = _read_json(index).get("weight_map")
+        if not (isinstance(weight_map, dict) and weight_map
+                and all(isinstance(v, str) and v for v in weight_map.values())):
+            raise ValueError(f"{index!r} is not a usable shard index: its 'weight_map' must be a "
+                             f"non-empty object mapping tensor names to shard files, got "
+                             f"{weight_map!r:.200}.")
+        files = []
+        for shard in sorted(set(weight_map.values())):
+            # Lexical check: the HF cache's shards are symlinks into its blobs/ folder, legitimately.
+            normalised = os.path.normpath(shard)
+            if (os.path.isabs(shard) or os.path.splitdrive(shard)[0]
+                    or normalised == os.pardir or normalised.startswith(os.pardir + os.sep)):
+                raise ValueError(f"{index!r} names the shard {shard!r}, a path outside the folder "
+                                 f"{folder!r}: refused (shards must be files inside it).")
+            files.append(os.path.join(folder, normalised))
+            if not os.path.isfile(files[-1]):
+                raise FileNotFoundError(f"{index!r} names the shard {shard!r}, which {folder!r} "
+                                        f"lacks.")
+        return files, {name: os.path.join(folder, os.path.normpath(shard))
+                       for name, shard in weight_map.items()}
     for name in ("model.safetensors", "open_clip_model.safetensors"):
         if os.path.isfile(os.path.join(folder, name)):
-            return [os.path.join(folder, name)]
+            return [os.path.join(folder, name)], None
     found = sorted(os.listdir(folder))
     weights = [f for f in found if f.endswith((".safetensors", ".npz"))]
     if len(weights) == 1:
-        return [os.path.join(folder, weights[0])]
+        return [os.path.join(folder, weights[0])], None
     pickles = [f for f in found if f.endswith(PICKLE_SUFFIXES)]
     if pickles:
         _refuse_pickle(os.path.join(folder, pickles[0]))
@@ -314,11 +416,51 @@ def _weight_files_in(folder):
 
 
 def _read_json(path):
+    """A JSON file that must hold an object (config.json, preprocessor_config.json, shard index)."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            content = json.load(f)
     except (OSError, ValueError) as error:
         raise ValueError(f"Could not read the JSON file {path!r}: {error}") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{path!r} must hold a JSON object ({{...}}), but holds a "
+                         f"{type(content).__name__}: {content!r:.100}.")
+    return content
+
+
+def _section(config, key, path):
+    """`config[key]` as a dict ({} when absent): a config of the wrong shape is a clear error."""
+    value = config.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{path!r}: '{key}' in its config.json must be an object, got {value!r:.100}.")
+    return value
+
+
+def _config_int(config, key, path):
+    """A non-negative int from a config (None when absent); anything else is a clear error."""
+    value = config.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{path!r}: '{key}' in its config.json must be a non-negative int, got "
+                         f"{value!r:.100}.")
+    return value
+
+
+def _check_finite(tensors, path):
+    """NaN or inf in a weight makes every prediction NaN: refuse the file, naming the tensors."""
+    bad = {}
+    for name, value in tensors.items():
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            bad[name] = f"{value.size - int(np.isfinite(value).sum())} of {value.size}"
+    if bad:
+        listed = ", ".join(f"{name} ({count})" for name, count in sorted(bad.items())[:10])
+        raise ValueError(f"{path!r} holds non-finite values (NaN or inf) in {len(bad)} tensor(s), "
+                         f"which would make every prediction NaN: {listed}"
+                         f"{' ...' if len(bad) > 10 else ''}.")
 
 
 def _refuse_pickle(path):
@@ -345,6 +487,9 @@ def _sniff(path):
             _refuse_pickle(path)
         if names and all(n.endswith(".npy") for n in names):
             return "npz"
+        if {"config.json", "metadata.json"} <= set(names):
+            raise ValueError(f"{path!r} is a Keras model archive: Keras loads it only under a "
+                             f"name ending in .keras; rename it.")
         raise ValueError(f"{path!r} is a zip file but not an .npz checkpoint: it holds {names[:5]}.")
     if head[:1] == b"\x80" or path.endswith(PICKLE_SUFFIXES):
         _refuse_pickle(path)
@@ -369,17 +514,35 @@ def _read_npz(path):
                          f"pickled objects, which are not loaded): {error}") from None
 
 
-def _read_safetensors(paths):
+def _read_safetensors(paths, weight_map=None):
+    """The tensors of one file or of shards; `weight_map` (a shard index: tensor -> shard path)
+    must describe the shards exactly, so that a lost or duplicated tensor is caught here."""
     from safetensors.numpy import load_file
 
-    tensors = {}
+    tensors, where = {}, {}
     for path in paths:
         try:
-            tensors.update(load_file(path))
+            shard = load_file(path)
         except Exception as error:  # safetensors' own error type varies between versions
             raise ValueError(f"Could not read {path!r} as safetensors (truncated or corrupt, or a "
                              f"dtype NumPy lacks, such as bfloat16: save it as float32): "
                              f"{error}") from None
+        twice = sorted(set(shard) & set(tensors))
+        if twice:
+            raise ValueError(f"The shards {where[twice[0]]!r} and {path!r} both hold {twice[:5]}.")
+        tensors.update(shard)
+        where.update(dict.fromkeys(shard, path))
+    if weight_map is not None and where != weight_map:
+        lost = sorted(k for k in weight_map if where.get(k) != weight_map[k])
+        unlisted = sorted(set(where) - set(weight_map))
+        raise ValueError(
+            f"The shards in {os.path.dirname(paths[0])!r} do not match their index "
+            f"(model.safetensors.index.json): "
+            + (f"{len(lost)} tensor(s) not in the shard the index names: "
+               f"{[(k, weight_map[k]) for k in lost[:5]]}" if lost else "")
+            + ("; " if lost and unlisted else "")
+            + (f"{len(unlisted)} tensor(s) the index does not list: {unlisted[:5]}" if unlisted else "")
+            + ".")
     return tensors
 
 
@@ -411,12 +574,41 @@ class _Tensors:
             )
 
 
-def _square_grid(length, path):
-    side = int(round(np.sqrt(length)))
-    if side * side != length:
-        raise ValueError(f"Cannot infer the patch grid of {path!r}: {length} position-embedding "
-                         f"entries are not a square grid; give the image size in a config.json.")
-    return side, side
+def _infer_grid(length, num_prefix, patch, requested, path):
+    """The patch grid of a position embedding of `length` entries whose file has no config.
+
+    Its first `num_prefix` entries may be for the class/register tokens (or may be absent, as in
+    big_vision). A square count is a square grid; otherwise the grid of the `requested` image size
+    when its patch count matches (a rectangular checkpoint: the entries carry no shape).
+    """
+    counts = [length - num_prefix, length] if num_prefix else [length]
+    for count in counts:
+        if _is_square(count):
+            side = int(round(np.sqrt(count)))
+            return side, side
+    if requested is not None:
+        height, width = L._pair(requested, "image_size")
+        wanted = (height // patch[0], width // patch[1])
+        if height % patch[0] == 0 and width % patch[1] == 0 and wanted[0] * wanted[1] in counts:
+            return wanted
+    asked = "" if requested is None else (
+        f"; the requested image_size {requested} gives a {wanted[0]}x{wanted[1]} grid "
+        f"({wanted[0] * wanted[1]} patches of {patch[0]}x{patch[1]})")
+    raise ValueError(
+        f"Cannot infer the patch grid of {path!r}: its position embedding has {length} entries"
+        + (f" ({length - num_prefix} after {num_prefix} class/register entries)" if num_prefix else "")
+        + f", not a square grid{asked}. Pass image_size=(height, width) whose grid of "
+        f"{patch[0]}x{patch[1]} patches has that many entries, or put the image size in a config.json."
+    )
+
+
+def _position_embedding(tensors, key, path):
+    """The source's position embedding, `(entries, D)` or `(1, entries, D)`."""
+    pos = tensors.take(key, "position_embedding/embedding")
+    if pos.ndim not in (2, 3) or (pos.ndim == 3 and pos.shape[0] != 1):
+        raise ValueError(f"Checkpoint {path!r}: the position embedding {key!r} has shape "
+                         f"{pos.shape}; expected (entries, width) or (1, entries, width).")
+    return pos
 
 
 def _canonical_position_embedding(pos, grid, num_prefix, path):
@@ -446,11 +638,56 @@ def _fold_prefix(state, prefix_pos, has_class, num_registers):
     return class_pos
 
 
+def _block_count(keys, pattern, example, path):
+    """The depth: the encoder block indices found in `keys` (`pattern`'s group 1) must run 0..N-1;
+    a gap means blocks are missing from the file (`example` names their keys, e.g. 'blocks.{}.')."""
+    indices = {int(m.group(1)) for m in map(re.compile(pattern).match, keys) if m}
+    if not indices:
+        raise ValueError(f"Checkpoint {path!r} has no encoder blocks (no {example.format('N')}* "
+                         f"tensors).")
+    missing = sorted(set(range(max(indices, default=-1) + 1)) - indices)
+    if missing:
+        raise ValueError(f"Checkpoint {path!r} lacks encoder block(s) {missing}: no "
+                         f"{[example.format(i) + '*' for i in missing[:5]]} tensors, though it has "
+                         f"blocks up to {max(indices)}. The file is incomplete.")
+    return len(indices)
+
+
+def _check_declared(path, declared, architecture):
+    """What a config declares must be what the tensors hold: otherwise a file that lost its last
+    blocks would load as a shallower model. Without a declared depth, the inferred one is logged,
+    and a standard width with another than its standard depth is warned about."""
+    names = {"num_layers": "encoder blocks", "hidden_size": "width (hidden_size)",
+             "patch_size": "patch size", "mlp_dim": "MLP width (mlp_dim)",
+             "num_classes": "classes in the head"}
+    wrong = []
+    for key, value in declared.items():
+        found = architecture[key]
+        if key == "patch_size" and value is not None:
+            value = L._pair(value, "patch_size")
+        if key == "num_classes" and value == 0:
+            value = None  # timm: num_classes 0 is a model without a head
+        if value is not None and value != found:
+            wrong.append(f"{names[key]}: {value} declared, {found} in the tensors")
+    if wrong:
+        raise ValueError(f"Checkpoint {path!r} does not hold what its config.json declares "
+                         f"({'; '.join(wrong)}): the file is incomplete or belongs to another model.")
+    if declared.get("num_layers") is not None:
+        return
+    depth, width = architecture["num_layers"], architecture["hidden_size"]
+    logger.info("%s: no config declares the depth; inferred %d encoder blocks from the tensors.",
+                path, depth)
+    if width in STANDARD_DEPTHS and depth != STANDARD_DEPTHS[width]:
+        logger.warning("%s holds %d encoder blocks of width %d, where the standard ViT of that width "
+                       "has %d: if the file is incomplete, the model is shallower than its source.",
+                       path, depth, width, STANDARD_DEPTHS[width])
+
+
 # ----------------------------------------------------------------------------------------------
 # Google: vision_transformer / AugReg .npz and big_vision .npz
 
 
-def _from_google(raw, path):
+def _from_google(raw, path, image_size=None):
     big_vision = any(k.startswith("params/") for k in raw) or "pos_embedding" in raw
     prefix = "params/" if any(k.startswith("params/") for k in raw) else ""
     if any(k.startswith(prefix + "img/") for k in raw):  # two-tower (LiT / SigLIP): image tower
@@ -467,14 +704,13 @@ def _from_google(raw, path):
         state["class_token/token"] = tensors.take("cls", "class_token/token")
     pos_key = next((k for k in ("Transformer/posembed_input/pos_embedding", "pos_embedding",
                                 "Transformer/pos_embedding") if k in tensors), "pos_embedding")
-    pos = tensors.take(pos_key, "position_embedding/embedding")
-    length = pos.shape[1]
-    grid = _square_grid(length - 1 if has_class and _is_square(length - 1) else length, path)
+    pos = _position_embedding(tensors, pos_key, path)
+    grid = _infer_grid(pos.shape[-2], int(has_class), patch, image_size, path)
     class_pos, grid_pos = _canonical_position_embedding(pos, grid, int(has_class), path)
     state["position_embedding/embedding"] = np.concatenate([class_pos, grid_pos], axis=1)
 
-    depth = len({k.split("/")[1] for k in tensors.tensors
-                 if re.match(r"Transformer/encoderblock_\d+/", k)})
+    depth = _block_count(tensors.tensors, r"Transformer/encoderblock_(\d+)/",
+                         "Transformer/encoderblock_{}/", path)
     heads = mlp_dim = None
     for i in range(depth):
         heads, mlp_dim = _google_block(tensors, f"Transformer/encoderblock_{i}/",
@@ -493,6 +729,7 @@ def _from_google(raw, path):
         image_size=(grid[0] * patch[0], grid[1] * patch[1]), num_classes=num_classes,
         representation_size=representation_size, pooling=pooling, class_token=has_class,
         num_registers=0, layer_scale_init_value=None)
+    _check_declared(path, {}, architecture)  # Google files come without a config
     return Checkpoint(state, architecture, M.GOOGLE_NORMALIZATION, L.LAYER_NORM_EPSILON,
                       _default_class_names(num_classes),
                       "big_vision" if big_vision else "google_npz", "bilinear")
@@ -589,7 +826,7 @@ _HF_BLOCK = {
 }
 
 
-def _from_huggingface(raw, configs, path, num_heads=None):
+def _from_huggingface(raw, configs, path, num_heads=None, image_size=None):
     config = configs.get("config.json", {})
     prefix = "vit." if any(k.startswith("vit.") for k in raw) else ""
     tensors = _Tensors({(k[len(prefix):] if k.startswith(prefix) else k): v
@@ -601,15 +838,16 @@ def _from_huggingface(raw, configs, path, num_heads=None):
         "embeddings.patch_embeddings.projection.bias", "patch_embedding/projection/bias")
     hidden, patch = int(weight.shape[0]), (int(weight.shape[2]), int(weight.shape[3]))
     state["class_token/token"] = tensors.take("embeddings.cls_token", "class_token/token")
-    pos = tensors.take("embeddings.position_embeddings", "position_embedding/embedding")
-    grid = _grid_from_config(config.get("image_size"), patch) or _square_grid(pos.shape[1] - 1, path)
+    pos = _position_embedding(tensors, "embeddings.position_embeddings", path)
+    grid = (_grid_from_config(config, "image_size", patch, path)
+            or _infer_grid(pos.shape[-2], 1, patch, image_size, path))
     class_pos, grid_pos = _canonical_position_embedding(pos, grid, 1, path)
     state["position_embedding/embedding"] = np.concatenate([class_pos, grid_pos], axis=1)
 
     legacy = any(k.startswith("encoder.layer.") for k in tensors.tensors)
     block_prefix = "encoder.layer." if legacy else "layers."
-    depth = len({k.split(".")[len(block_prefix.split(".")) - 1] for k in tensors.tensors
-                 if k.startswith(block_prefix)})
+    depth = _block_count(tensors.tensors, re.escape(block_prefix) + r"(\d+)\.",
+                         block_prefix + "{}.", path)
     for i in range(depth):
         src, dst = f"{block_prefix}{i}.", f"encoderblock_{i}/"
         names = {key: src + pair[0 if legacy else 1] for key, pair in _HF_BLOCK.items()}
@@ -636,20 +874,28 @@ def _from_huggingface(raw, configs, path, num_heads=None):
     if config.get("hidden_act", "gelu") != "gelu":
         logger.warning("%s: hidden_act is %r; keras_vit computes the exact GELU, so outputs will "
                        "differ slightly from the source model.", path, config["hidden_act"])
-    heads = _heads(config.get("num_attention_heads") or num_heads, hidden, path)
+    heads = _heads(_config_int(config, "num_attention_heads", path) or num_heads, hidden, path)
     architecture = dict(
         patch_size=patch, hidden_size=hidden, num_layers=depth, num_heads=heads,
-        mlp_dim=int(state["encoderblock_0/mlp/fc1/kernel"].shape[1]) if depth else 4 * hidden,
+        mlp_dim=int(state["encoderblock_0/mlp/fc1/kernel"].shape[1]),
         image_size=(grid[0] * patch[0], grid[1] * patch[1]), num_classes=num_classes,
         representation_size=representation_size, pooling="token", class_token=True,
         num_registers=0, layer_scale_init_value=None)
+    _check_declared(path, {"num_layers": _config_int(config, "num_hidden_layers", path),
+                           "hidden_size": _config_int(config, "hidden_size", path),
+                           "patch_size": _config_int(config, "patch_size", path),
+                           "mlp_dim": _config_int(config, "intermediate_size", path)}, architecture)
     processor = configs.get("preprocessor_config.json", {})
     normalization = M.GOOGLE_NORMALIZATION  # ViTImageProcessor's default: mean = std = 0.5
     if processor.get("do_normalize", True) and "image_mean" in processor:
-        normalization = (processor["image_mean"], processor["image_std"])
-    return Checkpoint(state, architecture, normalization,
-                      float(config.get("layer_norm_eps", 1e-12)),
-                      _hf_class_names(config, num_classes), "huggingface", "bicubic",
+        normalization = tuple(_config_floats(processor, key, path, "preprocessor_config.json")
+                              for key in ("image_mean", "image_std"))
+    epsilon = config.get("layer_norm_eps", 1e-12)
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0:
+        raise ValueError(f"{path!r}: 'layer_norm_eps' in its config.json must be a positive "
+                         f"number, got {epsilon!r:.100}.")
+    return Checkpoint(state, architecture, normalization, float(epsilon),
+                      _hf_class_names(config, num_classes, path), "huggingface", "bicubic",
                       antialias=False)  # HF's interpolate_pos_encoding has no antialias
 
 
@@ -659,12 +905,31 @@ def _torch_linear(tensors, name, needed_for):
     return kernel, tensors.take(name + ".bias", needed_for + "/bias")
 
 
-def _grid_from_config(image_size, patch):
+def _grid_from_config(config, key, patch, path):
+    """The patch grid of the image size a config gives under `key`; None when it gives none."""
+    image_size = config.get(key)
     if image_size is None:
         return None
-    height, width = L._pair(tuple(image_size) if isinstance(image_size, list) else image_size,
-                            "image_size")
+    try:
+        height, width = L._pair(tuple(image_size) if isinstance(image_size, list) else image_size,
+                                "image_size")
+    except ValueError:
+        raise ValueError(f"{path!r}: '{key}' in its config.json must be an int or a [height, "
+                         f"width] pair of ints, got {image_size!r:.100}.") from None
+    if height <= 0 or width <= 0:
+        raise ValueError(f"{path!r}: '{key}' in its config.json must be positive, got {image_size}.")
     return height // patch[0], width // patch[1]
+
+
+def _config_floats(config, key, path, source="config.json"):
+    """A number or a list of 1 or 3 numbers (per-channel mean/std) from a config."""
+    value = config.get(key)
+    flat = value if isinstance(value, list) else [value]
+    if len(flat) not in (1, 3) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
+        raise ValueError(f"{path!r}: '{key}' in its {source} must be a number or a list of 3 "
+                         f"numbers, got {value!r:.100}.")
+    return value
 
 
 def _heads(configured, hidden, path):
@@ -677,8 +942,8 @@ def _heads(configured, hidden, path):
                      f"{STANDARD_HEADS}).")
 
 
-def _hf_class_names(config, num_classes):
-    labels = config.get("id2label") or {}
+def _hf_class_names(config, num_classes, path):
+    labels = _section(config, "id2label", path)
     names = [labels.get(str(i), labels.get(i)) for i in range(num_classes or 0)]
     # transformers fills id2label with LABEL_0, LABEL_1, ... when a model has no names.
     if num_classes and all(names) and names != [f"LABEL_{i}" for i in range(num_classes)]:
@@ -699,7 +964,34 @@ def _default_class_names(num_classes):
 # timm
 
 
-def _from_timm(raw, config, path, num_heads=None):
+# timm model names that fix an architecture: family_size_patchN_resolution.
+_TIMM_NAME = re.compile(r"(?:vit|deit|deit3)_(tiny|small|base|large|huge)_patch(\d+)_\d+")
+_TIMM_SIZES = {"tiny": (192, 12), "small": (384, 12), "base": (768, 12), "large": (1024, 24),
+               "huge": (1280, 32)}
+
+
+def _timm_declared(config, path):
+    """The architecture a timm config.json declares: model_args, num_features, num_classes, and
+    what a standard model name (`deit_tiny_patch16_224`: width 192, 12 blocks) implies."""
+    model_args = _section(config, "model_args", path)
+    declared = {"num_layers": _config_int(model_args, "depth", path),
+                "hidden_size": (_config_int(model_args, "embed_dim", path)
+                                or _config_int(config, "num_features", path)),
+                "patch_size": _config_int(model_args, "patch_size", path),
+                "num_classes": _config_int(config, "num_classes", path)}
+    name = _TIMM_NAME.fullmatch(str(config.get("architecture", "")))
+    if name:
+        width, depth = _TIMM_SIZES[name.group(1)]
+        implied = {"num_layers": depth, "hidden_size": width, "patch_size": int(name.group(2))}
+        for key, value in implied.items():
+            if declared[key] is not None and declared[key] != value:
+                raise ValueError(f"{path!r}: its config.json names the model "
+                                 f"{config['architecture']!r} but declares {key} {declared[key]}.")
+            declared[key] = value
+    return declared
+
+
+def _from_timm(raw, config, path, num_heads=None, image_size=None):
     tensors = _Tensors(raw, path)
     if "fc_norm.weight" in tensors:
         raise ValueError(
@@ -718,20 +1010,23 @@ def _from_timm(raw, config, path, num_heads=None):
     if "reg_token" in tensors:
         state["register_tokens/tokens"] = tensors.take("reg_token", "register_tokens/tokens")
         num_registers = int(state["register_tokens/tokens"].shape[1])
-    pretrained = config.get("pretrained_cfg", {})
-    model_args = config.get("model_args", {})
-    image_size = model_args.get("img_size") or (pretrained.get("input_size") or [None] * 3)[1:]
-    image_size = None if image_size is None or None in np.ravel(image_size) else image_size
-    pos = tensors.take("pos_embed", "position_embedding/embedding")
+    pretrained = _section(config, "pretrained_cfg", path)
+    model_args = _section(config, "model_args", path)
+    input_size = pretrained.get("input_size")
+    if input_size is not None and not (isinstance(input_size, list) and len(input_size) == 3):
+        raise ValueError(f"{path!r}: 'pretrained_cfg.input_size' in its config.json must be "
+                         f"[channels, height, width], got {input_size!r:.100}.")
+    pretrained_size = {"input_size": None if input_size is None or None in input_size else input_size[1:]}
+    pos = _position_embedding(tensors, "pos_embed", path)
     num_prefix = int(has_class) + num_registers
-    grid = (_grid_from_config(image_size, patch)
-            or _square_grid(pos.shape[1] - num_prefix if _is_square(pos.shape[1] - num_prefix)
-                            else pos.shape[1], path))
+    grid = (_grid_from_config(model_args, "img_size", patch, path)
+            or _grid_from_config(pretrained_size, "input_size", patch, path)
+            or _infer_grid(pos.shape[-2], num_prefix, patch, image_size, path))
     prefix_pos, grid_pos = _canonical_position_embedding(pos, grid, num_prefix, path)
     class_pos = _fold_prefix(state, prefix_pos, has_class, num_registers)
     state["position_embedding/embedding"] = np.concatenate([class_pos, grid_pos], axis=1)
 
-    depth = len({k.split(".")[1] for k in tensors.tensors if k.startswith("blocks.")})
+    depth = _block_count(tensors.tensors, r"blocks\.(\d+)\.", "blocks.{}.", path)
     layer_scale = None
     for i in range(depth):
         src, dst = f"blocks.{i}.", f"encoderblock_{i}/"
@@ -750,8 +1045,9 @@ def _from_timm(raw, config, path, num_heads=None):
     state["encoder_norm/gamma"] = tensors.take("norm.weight", "encoder_norm")
     state["encoder_norm/beta"] = tensors.take("norm.bias", "encoder_norm")
     global_pool = config.get("global_pool", "token" if has_class else "avg")
-    pooling = {"token": "token", "avg": "gap", "map": "map"}.get(global_pool)
-    heads = _heads(model_args.get("num_heads") or num_heads, hidden, path)
+    pooling = {"token": "token", "avg": "gap", "map": "map"}.get(global_pool) \
+        if isinstance(global_pool, str) else None
+    heads = _heads(_config_int(model_args, "num_heads", path) or num_heads, hidden, path)
     if "attn_pool.latent" in tensors:
         pooling = "map"
         _timm_map_head(tensors, state, heads)
@@ -765,18 +1061,26 @@ def _from_timm(raw, config, path, num_heads=None):
     tensors.check_consumed("timm")
     architecture = dict(
         patch_size=patch, hidden_size=hidden, num_layers=depth, num_heads=heads,
-        mlp_dim=int(state["encoderblock_0/mlp/fc1/kernel"].shape[1]) if depth else 4 * hidden,
+        mlp_dim=int(state["encoderblock_0/mlp/fc1/kernel"].shape[1]),
         image_size=(grid[0] * patch[0], grid[1] * patch[1]), num_classes=num_classes,
         representation_size=None, pooling=pooling, class_token=has_class,
         num_registers=num_registers, layer_scale_init_value=layer_scale)
-    mean, std = pretrained.get("mean", config.get("mean")), pretrained.get("std", config.get("std"))
-    if mean is None or std is None:
+    _check_declared(path, _timm_declared(config, path), architecture)
+    normalization = pretrained if "mean" in pretrained else config
+    if normalization.get("mean") is None or normalization.get("std") is None:
         logger.info("%s has no mean/std in a config.json: assuming [-1, 1] inputs (mean = std = 0.5, "
                     "timm's default for Google-trained ViTs).", path)
         mean, std = M.GOOGLE_NORMALIZATION
+    else:
+        mean, std = (_config_floats(normalization, key, path) for key in ("mean", "std"))
     names = config.get("label_names")
+    if num_classes and names is not None and not (
+            isinstance(names, list) and len(names) == num_classes
+            and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{path!r}: 'label_names' in its config.json must be a list of "
+                         f"{num_classes} strings (one per head output), got {names!r:.100}.")
     return Checkpoint(state, architecture, (mean, std), L.LAYER_NORM_EPSILON,
-                      list(names) if names else _default_class_names(num_classes), "timm",
+                      list(names) if num_classes and names else _default_class_names(num_classes), "timm",
                       "bicubic", antialias=True)
 
 
@@ -812,44 +1116,60 @@ def load_pretrained(path_or_name, image_size=None, num_classes=None, include_top
 
     Args:
         path_or_name: a local checkpoint (Google `.npz`; Hugging Face folder or `.safetensors`;
-            timm `.safetensors`, with its config.json beside it), `"B/16:imagenet21k"`, or a
-            registered file name (downloaded once, cached).
+            timm `.safetensors`, with its config.json beside it; a `.keras` model),
+            `"B/16:imagenet21k"`, or a registered file name (downloaded once, cached).
         image_size: None keeps the checkpoint's; another size resamples the position embeddings.
         num_classes: None keeps the checkpoint's head; another count gets a new zero head.
         include_top: False drops the head (and pre_logits) and returns pooled features.
         resample_method: `"bilinear"` / `"bicubic"`; None uses the checkpoint source's own.
-        **kwargs: other `VisionTransformer` arguments (dropout_rate, dtype, name, ...).
+        **kwargs: other `VisionTransformer` arguments (dropout_rate, dtype, name, ...); an
+            unknown one is a TypeError.
+
+    A `.keras` file with none of these arguments is returned as saved (`load_keras_model`); with
+    them, a saved `VisionTransformer` is rebuilt like any checkpoint.
 
     >>> model = keras_vit.load_pretrained("deit_tiny_patch16_224/model.safetensors")
     """
-    checkpoint = read_checkpoint(_resolve(path_or_name), kwargs.get("num_heads"))
+    explicit = {"image_size", "num_classes", "include_top", "resample_method"}
+    _check_keywords("load_pretrained", kwargs, _MODEL_ARGS - explicit, also=explicit)
+    _check_load_values(image_size, num_classes, include_top, resample_method)
+    path, variant = _resolve(path_or_name)
+    if _is_keras_file(path) and (image_size, num_classes, include_top, resample_method,
+                                 kwargs) == (None, None, True, None, {}):
+        return load_keras_model(path)
+    checkpoint = _read_any(path, kwargs.get("num_heads"), image_size)
+    if variant is not None:
+        _check_architecture(checkpoint, M.variant_config(variant), f"ViT-{variant}",
+                            "the registered checkpoint is incomplete or not the one registered")
     config = dict(checkpoint.architecture)
-    clash = {k: (kwargs[k], config[k]) for k in M.ARCHITECTURE_ARGS
-             if k in kwargs and L._pair(kwargs[k], k) != L._pair(config[k], k)}
-    if clash:
-        raise ValueError(f"{path_or_name!r} holds another architecture than asked for; "
-                         f"(asked, checkpoint): {clash}.")
+    asked = {k: kwargs[k] for k in M.ARCHITECTURE_ARGS if k in kwargs}
+    _check_architecture(checkpoint, {**config, **asked}, "the arguments",
+                        "leave them out to build the checkpoint's own architecture")
     if num_classes is None and include_top:
         if checkpoint.architecture["num_classes"] is None:
             raise ValueError(f"{path_or_name!r} has no classification head: pass num_classes=N for "
                              f"a new (zero) head, or include_top=False for features.")
         num_classes = checkpoint.architecture["num_classes"]
-    config.update(image_size=image_size or config["image_size"], num_classes=num_classes or 0,
-                  include_top=include_top, **kwargs)
-    return _build(checkpoint, config, resample_method, pooling_given="pooling" in kwargs,
-                  representation_given="representation_size" in kwargs)
+    config.update(image_size=config["image_size"] if image_size is None else image_size,
+                  num_classes=num_classes or 0, include_top=include_top, **kwargs)
+    return _build(checkpoint, config, resample_method, given=set(kwargs))
 
 
-def build_with_weights(config, weights, resample_method=None):
+def build_with_weights(config, weights, resample_method=None, given=None):
     """`keras_vit.ViT(weights=...)`: builds `config` (ViT kwargs) and loads `weights` into it.
 
     `weights` is a registered name (found from config's patch/width/depth, e.g. `"imagenet21k"`
-    for ViT-B/16) or a local path. The checkpoint's architecture must equal config's; its
-    normalisation, LayerNorm epsilon and class names are used unless config gives them.
+    for ViT-B/16), a local checkpoint path or a `.keras` model. The checkpoint's architecture must
+    equal config's. `given` names the config keys the caller chose (None: all of config's); the
+    others that a checkpoint knows (pooling, representation_size, class_token, normalisation,
+    LayerNorm epsilon, class names, ...) come from the checkpoint. A chosen pooling the checkpoint
+    cannot give ('token' without a class token, 'map' without a MAP head) is a ValueError.
     """
+    _check_keywords("build_with_weights", config, _MODEL_ARGS)
+    given = set(config) if given is None else set(given)
     path = os.fspath(weights)
     # Registered names ("imagenet21k", "augreg_in21k_ft_in1k") have no slash and no file suffix.
-    if not os.path.exists(path) and not re.search(r"[/\\]|\.(npz|safetensors)$", path):
+    if not os.path.exists(path) and not re.search(r"[/\\]|\.(npz|safetensors|keras)$", path):
         variant = _variant_of(config)
         if variant is None:
             raise ValueError(
@@ -859,42 +1179,144 @@ def build_with_weights(config, weights, resample_method=None):
                 f"{sorted(M.VARIANTS)}: pass a checkpoint path."
             )
         path = download(registry_entry(variant, path))
-    checkpoint = read_checkpoint(_resolve(path), config.get("num_heads"))
-    wanted = {k: config.get(k) for k in M.ARCHITECTURE_ARGS}
-    wanted["patch_size"] = L._pair(wanted["patch_size"], "patch_size")
-    found = {k: checkpoint.architecture[k] for k in M.ARCHITECTURE_ARGS}
-    if wanted != found:
-        raise ValueError(f"The checkpoint {path!r} holds the architecture {found}, but the model "
-                         f"asks for {wanted}. Use keras_vit.load_pretrained(...) to build the "
-                         f"checkpoint's own architecture.")
-    config = dict(config)
-    for key in ("class_token", "num_registers", "layer_scale_init_value"):
-        config.setdefault(key, checkpoint.architecture[key])
-    return _build(checkpoint, config, resample_method,
-                  pooling_given=config.get("pooling") != "token",
-                  representation_given=config.get("representation_size") is not None)
+    path, _ = _resolve(path)
+    checkpoint = _read_any(path, config.get("num_heads"), config.get("image_size"))
+    _check_architecture(checkpoint, {**_MODEL_DEFAULTS, **config}, "the model",
+                        "use keras_vit.load_pretrained(...) to build the checkpoint's own "
+                        "architecture")
+    return _build(checkpoint, dict(config), resample_method, given)
 
 
 def load_model_or_checkpoint(path):
-    """A `.keras` file via `keras.models.load_model`, anything else via `load_pretrained`."""
-    if os.fspath(path).endswith(".keras"):
-        import keras
-
-        return keras.models.load_model(path)
+    """What `keras-vit info / explain / export` load: a `.keras` model as saved, or a checkpoint
+    built as `load_pretrained(path)` builds it."""
     return load_pretrained(path)
 
 
-def _build(checkpoint, config, resample_method, pooling_given, representation_given):
+def load_keras_model(path):
+    """A `.keras` model file, loaded with safe_mode on (no code from the file runs) and
+    compile=False: the weights and the architecture, not the training state. A model trained with
+    a user's own loss or schedule thus loads anywhere; `model.compile(...)` to train it again."""
+    import keras
+
+    path = os.fspath(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path!r} is not a complete .keras file (a zip archive): it is truncated "
+                         f"or corrupt ({os.path.getsize(path)} bytes).")
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises ValueError, TypeError, OSError, KeyError, ...
+        raise ValueError(f"Could not load the Keras model {path!r}: {type(error).__name__}: "
+                         f"{error}") from error
+    _check_finite(_variables(model), path)
+    return model
+
+
+def _variables(model):
+    import keras
+
+    return {v.path: keras.ops.convert_to_numpy(v) for v in model.weights}
+
+
+def _is_keras_file(path):
+    return os.path.isfile(path) and path.endswith(".keras")
+
+
+def _read_any(path, num_heads, image_size):
+    """A `Checkpoint` from a checkpoint file or folder, or from a `.keras` VisionTransformer."""
+    if not _is_keras_file(path):
+        return read_checkpoint(path, num_heads, image_size)
+    model = load_keras_model(path)
+    if not isinstance(model, M.VisionTransformer):
+        raise ValueError(f"{path!r} holds a {type(model).__name__}, not a keras_vit "
+                         f"VisionTransformer: load it with keras_vit.load_pretrained({path!r}) "
+                         f"and no other arguments.")
+    architecture = {key: getattr(model, key) for key in (
+        "patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "image_size",
+        "num_classes", "representation_size", "pooling", "class_token", "num_registers",
+        "layer_scale_init_value")}
+    # Trained models carry no record of their weights' source: bicubic, as timm and HF resample.
+    return Checkpoint(_variables(model), architecture,
+                      (model.normalization_mean, model.normalization_std),
+                      model.layer_norm_epsilon, model.class_names, "keras", "bicubic", path=path,
+                      include_preprocessing=model.include_preprocessing)
+
+
+# The arguments of `VisionTransformer`: what a model config may hold, and their defaults.
+_MODEL_DEFAULTS = {name: parameter.default for name, parameter in
+                   inspect.signature(M.VisionTransformer.__init__).parameters.items()
+                   if parameter.default is not inspect.Parameter.empty}
+_MODEL_ARGS = set(_MODEL_DEFAULTS)
+
+
+def _check_keywords(function, given, valid, also=()):
+    """An unknown keyword is a TypeError naming it and the nearest valid one (a misspelt
+    `imagesize=384` would otherwise be swallowed)."""
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        known = sorted(set(valid) | set(also))
+        hints = {key: difflib.get_close_matches(key, known, n=1) for key in unknown}
+        raise TypeError(f"{function}() got unknown keyword argument(s) {unknown}: "
+                        + "; ".join(f"did you mean {hint[0]!r} for {key!r}?" if hint else
+                                    f"{key!r} is none of {known}" for key, hint in hints.items()))
+
+
+def _check_load_values(image_size, num_classes, include_top, resample_method):
+    """Bad values fail before a (possibly large) checkpoint is read."""
+    if image_size is not None:
+        size = L._pair(image_size, "image_size")
+        if min(size) <= 0:
+            raise ValueError(f"image_size must be positive, got {image_size!r}.")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(
+            num_classes, (int, np.integer)) or num_classes <= 0):
+        raise ValueError(f"num_classes must be a positive int or None (the checkpoint's head), got "
+                         f"{num_classes!r}; include_top=False drops the head.")
+    if not isinstance(include_top, bool):
+        raise ValueError(f"include_top must be True or False, got {include_top!r}.")
+    if resample_method not in (None, "bilinear", "bicubic"):
+        raise ValueError(f"resample_method must be 'bilinear', 'bicubic' or None (the checkpoint "
+                         f"source's own), got {resample_method!r}.")
+
+
+def _check_architecture(checkpoint, wanted, asker, advice):
+    """The checkpoint must hold the architecture `wanted` (a ViT config) asks for; the depth is
+    named on its own, since a file that lost its last blocks differs only there."""
+    found = checkpoint.architecture
+    differ = {k: (wanted.get(k), found[k]) for k in M.ARCHITECTURE_ARGS
+              if (L._pair(wanted.get(k), k) if k == "patch_size" else wanted.get(k)) != found[k]}
+    if not differ:
+        return
+    depth = ""
+    if "num_layers" in differ:
+        depth = (f" It has {found['num_layers']} encoder blocks where {asker} has "
+                 f"{wanted.get('num_layers')}.")
+    listed = "; ".join(f"{k} {asked} asked, {held} in the checkpoint"
+                       for k, (asked, held) in differ.items())
+    raise ValueError(f"The checkpoint {checkpoint.path!r} does not hold the architecture of "
+                     f"{asker} ({listed}).{depth} {advice[0].upper()}{advice[1:]}.")
+
+
+def _build(checkpoint, config, resample_method, given):
     """Builds `VisionTransformer(**config)` and assigns the checkpoint, adapting what the config
-    changes: image size (position embeddings resampled), head (kept, new or dropped), pooling."""
+    changes: image size (position embeddings resampled), head (kept, new or dropped), pooling.
+
+    `given`: the config keys the caller chose; the checkpoint sets the others it knows."""
     state = dict(checkpoint.state)
     arch = checkpoint.architecture
     source = checkpoint.path
-    config.setdefault("normalization_mean", checkpoint.normalization[0])
-    config.setdefault("normalization_std", checkpoint.normalization[1])
-    config.setdefault("layer_norm_epsilon", checkpoint.layer_norm_epsilon)
-    if not pooling_given:
-        config["pooling"] = arch["pooling"]
+    for key, value in (("class_token", arch["class_token"]), ("num_registers", arch["num_registers"]),
+                       ("layer_scale_init_value", arch["layer_scale_init_value"]),
+                       ("pooling", arch["pooling"]),
+                       ("normalization_mean", checkpoint.normalization[0]),
+                       ("normalization_std", checkpoint.normalization[1]),
+                       ("layer_norm_epsilon", checkpoint.layer_norm_epsilon),
+                       ("include_preprocessing", checkpoint.include_preprocessing)):
+        if key not in given:
+            config[key] = value
+    if config["pooling"] == "token" and not arch["class_token"]:
+        raise ValueError(f"pooling='token' pools the class token, and {source!r} has none (its "
+                         f"pooling is {arch['pooling']!r}): pass pooling={arch['pooling']!r}, or "
+                         f"leave pooling unset to use the checkpoint's.")
     if config["pooling"] == "map" and "map_head/probe" not in state:
         raise ValueError(f"pooling='map' needs a MAP head, and {source!r} has none (its pooling is "
                          f"{arch['pooling']!r}).")
@@ -905,11 +1327,15 @@ def _build(checkpoint, config, resample_method, pooling_given, representation_gi
 
     include_top = config.get("include_top", True)
     keep_head = include_top and arch["num_classes"] == config.get("num_classes")
+    if keep_head and config["pooling"] != arch["pooling"]:
+        logger.warning("%s: its head was trained on %r pooling, the model pools with %r: the kept "
+                       "head's predictions are not the checkpoint's until it is fine-tuned.",
+                       source, arch["pooling"], config["pooling"])
     dropped = []
     if not keep_head:
         dropped = [k for k in state if k.startswith(("head/", "pre_logits/"))]
         state = {k: v for k, v in state.items() if k not in dropped}
-        if not representation_given:  # the paper fine-tunes without the pre-logits layer
+        if "representation_size" not in given:  # the paper fine-tunes without the pre-logits layer
             config["representation_size"] = None
         if include_top:
             held = f"{arch['num_classes']} classes" if arch["num_classes"] else "no head"
@@ -920,9 +1346,9 @@ def _build(checkpoint, config, resample_method, pooling_given, representation_gi
         elif dropped:
             logger.info("include_top=False: the checkpoint's %s not loaded.",
                         "head and pre_logits are" if arch["representation_size"] else "head is")
-    elif not representation_given:
+    elif "representation_size" not in given:
         config["representation_size"] = arch["representation_size"]
-    if keep_head and config.get("class_names") is None:
+    if keep_head and "class_names" not in given:
         config["class_names"] = checkpoint.class_names
 
     from keras_vit.models import VisionTransformer

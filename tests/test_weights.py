@@ -7,15 +7,21 @@ code of the test's own, so every loader is compared against the same independent
 
 import glob
 import hashlib
+import io
 import json
 import logging
 import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
+import zipfile
 
 import keras
 import numpy as np
 import pytest
-from conftest import TINY, random_images
+from conftest import REPO, TINY, random_images
 
 import keras_vit
 from keras_vit import weights as W
@@ -28,10 +34,10 @@ HEADS, HIDDEN, DEPTH, PATCH = TINY["num_heads"], TINY["hidden_size"], TINY["num_
 TOLERANCE = 1e-4
 
 
-def make_hf_model(layer_norm_eps=1e-6, embedding_scale=1.0, seed=0):
+def make_hf_model(layer_norm_eps=1e-6, embedding_scale=1.0, seed=0, image_size=32):
     """A random HF ViTForImageClassification of the TINY size; every parameter random."""
     config = transformers.ViTConfig(
-        image_size=32, patch_size=PATCH, hidden_size=HIDDEN, num_hidden_layers=DEPTH,
+        image_size=image_size, patch_size=PATCH, hidden_size=HIDDEN, num_hidden_layers=DEPTH,
         num_attention_heads=HEADS, intermediate_size=TINY["mlp_dim"], num_labels=10,
         hidden_act="gelu", layer_norm_eps=layer_norm_eps)
     torch.manual_seed(seed)
@@ -397,7 +403,7 @@ def test_in21k_zero_head_warns_and_pre_logits_follow_the_head(hf, tmp_path, capl
 
 
 def test_vit_weights_path_checks_architecture(hf):
-    with pytest.raises(ValueError, match="'num_heads': 2.*'num_heads': 4|'num_heads': 4.*'num_heads': 2"):
+    with pytest.raises(ValueError, match="num_heads 2 asked, 4 in the checkpoint"):
         keras_vit.ViT(**{**TINY, "num_heads": 2}, weights=str(hf["folder"] / "google.npz"))
     with pytest.raises(ValueError, match="num_heads"):
         keras_vit.load_pretrained(hf["folder"] / "google.npz", num_heads=2)  # tensors say 4
@@ -418,72 +424,163 @@ def test_load_model_or_checkpoint(hf, tmp_path):
 # Registry: names, downloads, hashes (never the network)
 
 
+@pytest.fixture(autouse=True)
+def cache_in_tmp(tmp_path, monkeypatch):
+    """Every test's downloads land in its own cache folder, never in ~/.keras."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    return tmp_path / "keras_home" / "keras_vit"
+
+
 @pytest.fixture
-def tiny_registered(hf, monkeypatch):
-    """A pretend TINY variant "T/4" with a registered checkpoint: the test's own .npz."""
+def tiny_registered(hf, monkeypatch, cache_in_tmp):
+    """A pretend TINY variant "T/4" with a registered checkpoint: the test's own .npz, fetched
+    from a file:// URL (the download code runs in full, without network)."""
     monkeypatch.setitem(keras_vit.models.VARIANTS, "T/4", (PATCH, HIDDEN, DEPTH, HEADS, 128))
     path = str(hf["folder"] / "google.npz")
     entry = W.WeightsEntry("file://" + path, 32, 10, "test checkpoint")
     monkeypatch.setitem(W.REGISTRY, ("T/4", "imagenet21k"), entry)
-    return path, entry
+    with open(path, "rb") as f:
+        data = f.read()
+    return dict(path=path, entry=entry, data=data, digest=hashlib.sha256(data).hexdigest(),
+                cached=cache_in_tmp / entry.fname, pin=cache_in_tmp / (entry.fname + ".sha256"))
 
 
-def test_registered_name_routes_through_get_file(hf, tiny_registered, monkeypatch, caplog):
-    path, entry = tiny_registered
-    calls = []
-
-    def fake_get_file(fname, origin, **kwargs):
-        calls.append(dict(fname=fname, origin=origin, **kwargs))
-        return path
-
-    monkeypatch.setattr(keras.utils, "get_file", fake_get_file)
+def test_registered_name_downloads_pins_and_caches(hf, tiny_registered, monkeypatch, caplog):
+    reg = tiny_registered
     with caplog.at_level(logging.WARNING, logger="keras_vit"):
         model = keras_vit.ViT(**TINY, weights="imagenet21k")
-    assert calls == [dict(fname=entry.fname, origin=entry.url, file_hash=None, cache_subdir="keras_vit")]
-    with open(path, "rb") as f:
-        assert hashlib.sha256(f.read()).hexdigest() in caplog.text  # unpinned: hash logged
-    assert "pinned the downloaded file's SHA-256" in caplog.text
     np.testing.assert_allclose(model.predict(hf["images"], verbose=0), hf["logits"], atol=TOLERANCE)
+    assert reg["cached"].read_bytes() == reg["data"]
+    assert reg["pin"].read_text().strip() == reg["digest"]
+    assert "pinned the downloaded file's SHA-256" in caplog.text and reg["digest"] in caplog.text
+    assert os.stat(reg["cached"]).st_mode & 0o044  # readable like any file the user writes
+
+    def no_network(url, destination):
+        raise AssertionError("downloaded again")
+
+    monkeypatch.setattr(W, "_fetch", no_network)
+    keras_vit.load_pretrained("T/4:imagenet21k")  # cached and verified against the pin
     with pytest.raises(ValueError, match=r"'imagenet21k'\]"):
         keras_vit.ViT(**TINY, weights="imagenet42k")
 
 
-def test_hash_is_verified(hf, tiny_registered, monkeypatch, tmp_path):
-    path, entry = tiny_registered
-    real_get_file = keras.utils.get_file
-    monkeypatch.setattr(keras.utils, "get_file",
-                        lambda *a, **k: real_get_file(*a, cache_dir=str(tmp_path), **k))
-    with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    monkeypatch.setitem(W.REGISTRY, ("T/4", "imagenet21k"), W.WeightsEntry(entry.url, 32, 10, "", digest))
+def test_published_hash_is_verified(hf, tiny_registered, monkeypatch):
+    reg = tiny_registered
+    entry = W.WeightsEntry(reg["entry"].url, 32, 10, "", reg["digest"])
+    monkeypatch.setitem(W.REGISTRY, ("T/4", "imagenet21k"), entry)
     model = keras_vit.load_pretrained("T/4:imagenet21k")
     np.testing.assert_allclose(model.predict(hf["images"], verbose=0), hf["logits"], atol=TOLERANCE)
-    assert os.path.isfile(tmp_path / "keras_vit" / entry.fname)  # cached
-    wrong = "0" * 64
-    monkeypatch.setitem(W.REGISTRY, ("T/4", "imagenet21k"), W.WeightsEntry(entry.url, 32, 10, "", wrong))
-    with pytest.raises(ValueError, match="SHA-256"):
+    assert reg["cached"].read_bytes() == reg["data"] and not reg["pin"].exists()
+    reg["cached"].write_bytes(reg["data"][:1000])  # corrupted in the cache
+    with pytest.raises(ValueError, match=f"cached checkpoint {reg['cached']} has SHA-256 .*registry "
+                                         f"publishes {reg['digest']}.*Delete {reg['cached']}"):
         keras_vit.load_pretrained("T/4:imagenet21k")
+    reg["cached"].unlink()
+    monkeypatch.setitem(W.REGISTRY, ("T/4", "imagenet21k"), W.WeightsEntry(entry.url, 32, 10, "", "0" * 64))
+    with pytest.raises(ValueError, match="downloaded from file://.* has SHA-256 .*publishes 0000"):
+        keras_vit.load_pretrained("T/4:imagenet21k")
+    assert os.listdir(reg["cached"].parent) == []  # nothing cached, no partial left
 
 
-def test_unpublished_hash_is_pinned_on_first_download(tmp_path, caplog):
-    cached = tmp_path / "ViT-T_4.npz"
-    cached.write_bytes(b"the first download")
-    with caplog.at_level(logging.WARNING, logger="keras_vit"):
-        digest = W.verify_local_pin(str(cached), "https://example/ViT-T_4.npz")
-    assert digest == hashlib.sha256(b"the first download").hexdigest()
-    assert (tmp_path / "ViT-T_4.npz.sha256").read_text().strip() == digest
-    assert digest in caplog.text
-    assert W.verify_local_pin(str(cached), "https://example/ViT-T_4.npz") == digest  # unchanged: fine
-    cached.write_bytes(b"the first downl")  # truncated in the cache
-    with pytest.raises(ValueError, match=r"ViT-T_4\.npz has SHA-256 .* was pinned .*Delete both files"):
-        W.verify_local_pin(str(cached), "https://example/ViT-T_4.npz")
+def test_changed_cached_file_names_the_file_and_its_pin(tiny_registered):
+    reg = tiny_registered
+    keras_vit.load_pretrained("T/4:imagenet21k")
+    reg["cached"].write_bytes(reg["data"][:-10])  # truncated in the cache
+    with pytest.raises(ValueError) as error:
+        keras_vit.load_pretrained("T/4:imagenet21k")
+    message = str(error.value)
+    assert f"cached checkpoint {reg['cached']} has SHA-256" in message
+    assert f"{reg['digest']} was pinned in {reg['pin']}" in message
+    assert f"Delete {reg['cached']}" in message
+
+
+def test_killed_download_is_never_pinned(hf, tiny_registered, monkeypatch):
+    """Each kill window: mid-transfer (the exception path, and a real SIGKILL that runs no
+    clean-up), between the pin and the move into place, and a partial file that an older version
+    (keras.utils.get_file downloads in place) left at the final path without a pin."""
+    reg, real_fetch = tiny_registered, W._fetch
+
+    def dies_mid_transfer(url, destination):
+        with open(destination, "wb") as f:
+            f.write(reg["data"][:1000])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(W, "_fetch", dies_mid_transfer)
+    with pytest.raises(KeyboardInterrupt):
+        keras_vit.load_pretrained("T/4:imagenet21k")
+    assert os.listdir(reg["cached"].parent) == []
+
+    # A real SIGKILL mid-transfer: no clean-up runs; the partial file keeps its temporary name.
+    started = reg["cached"].parent / "started"
+    script = (f"from keras_vit import weights as W\n"
+              f"def slow(url, destination):\n"
+              f"    open(destination, 'wb').write(b'x' * 1000)\n"
+              f"    open({str(started)!r}, 'w').close()\n"
+              f"    import time; time.sleep(60)\n"
+              f"W._fetch = slow\n"
+              f"W.download(W.WeightsEntry({reg['entry'].url!r}, 32, 10, ''))\n")
+    env = dict(os.environ, KERAS_BACKEND="numpy", PYTHONPATH=REPO)
+    process = subprocess.Popen([sys.executable, "-c", script], env=env)
+    for _ in range(600):
+        if started.exists() or process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    started.unlink()
+    left = os.listdir(reg["cached"].parent)
+    assert len(left) == 1 and left[0].startswith(reg["entry"].fname + ".") and left[0].endswith(".part")
+
+    # Killed after the pin was written, before the file moved into place.
+    real_replace = os.replace
+
+    def dies_before_move(source, destination):
+        if os.fspath(destination) == str(reg["cached"]):
+            raise KeyboardInterrupt
+        real_replace(source, destination)
+
+    monkeypatch.setattr(W, "_fetch", real_fetch)
+    monkeypatch.setattr(os, "replace", dies_before_move)
+    with pytest.raises(KeyboardInterrupt):
+        keras_vit.load_pretrained("T/4:imagenet21k")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert reg["pin"].read_text().strip() == reg["digest"] and not reg["cached"].exists()
+    keras_vit.load_pretrained("T/4:imagenet21k")  # downloads again, verified against that pin
+    assert reg["cached"].read_bytes() == reg["data"]
+
+    # A partial file at the final path without its pin: downloaded again, not pinned as it is.
+    reg["cached"].write_bytes(reg["data"][:1000])
+    reg["pin"].unlink()
+    model = keras_vit.load_pretrained("T/4:imagenet21k")
+    assert reg["cached"].read_bytes() == reg["data"]
+    assert reg["pin"].read_text().strip() == reg["digest"]
+    np.testing.assert_allclose(model.predict(hf["images"], verbose=0), hf["logits"], atol=TOLERANCE)
+
+
+def test_upstream_change_after_pinning_names_the_pin(tiny_registered, monkeypatch):
+    reg = tiny_registered
+    keras_vit.load_pretrained("T/4:imagenet21k")
+    reg["cached"].unlink()
+    monkeypatch.setattr(W, "_fetch", lambda url, destination: open(destination, "wb").write(b"new"))
+    with pytest.raises(ValueError, match=f"changed upstream.*Delete {reg['pin']} to trust"):
+        keras_vit.load_pretrained("T/4:imagenet21k")
+    assert not reg["cached"].exists()
+
+
+def test_short_transfer_is_an_error(tmp_path, monkeypatch):
+    class Response(io.BytesIO):
+        headers = {"Content-Length": "10"}
+
+    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: Response(b"12345"))
+    with pytest.raises(ConnectionError, match="after 5 of 10 bytes"):
+        W._fetch("https://example/x.npz", str(tmp_path / "x.part"))
 
 
 def test_offline_error_names_url_and_local_alternative(monkeypatch):
-    def offline(*args, **kwargs):
-        raise Exception("URL fetch failure on https://...: None -- [Errno -3] no network")
+    def offline(url, destination):
+        raise OSError("[Errno -3] no network")
 
-    monkeypatch.setattr(keras.utils, "get_file", offline)
+    monkeypatch.setattr(W, "_fetch", offline)
     with pytest.raises(ConnectionError) as error:
         keras_vit.ViTB16(weights="imagenet21k")  # B/16 found from the architecture, no model built
     assert "https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz" in str(error.value)
@@ -564,6 +661,325 @@ def test_truncated_text_and_pickle_files_are_refused(hf, tmp_path, monkeypatch):
             keras_vit.load_pretrained(path)
     with pytest.raises(FileNotFoundError, match="B/16:imagenet21k"):
         keras_vit.load_pretrained(tmp_path / "absent.npz")
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoint gaps, broken configs and indexes, non-finite weights
+
+
+def test_block_gap_is_named(hf, tmp_path):
+    tensors = {k: v for k, v in timm_from_hf(hf["sd"]).items() if not k.startswith("blocks.0.")}
+    with pytest.raises(ValueError, match=r"lacks encoder block\(s\) \[0\]: no \['blocks\.0\.\*'\]"):
+        keras_vit.load_pretrained(write_timm(tmp_path / "timm", tensors), num_heads=HEADS)
+    g = {k: v for k, v in google_from_hf(hf["sd"]).items()
+         if not k.startswith("Transformer/encoderblock_0/")}
+    np.savez(tmp_path / "gap.npz", **g)
+    with pytest.raises(ValueError, match=r"lacks encoder block\(s\) \[0\].*encoderblock_0/"):
+        keras_vit.load_pretrained(tmp_path / "gap.npz")
+
+
+def test_missing_last_block_is_caught_where_the_depth_is_known(hf, tiny_registered, monkeypatch,
+                                                                tmp_path, caplog):
+    tensors = {k: v for k, v in timm_from_hf(hf["sd"]).items() if not k.startswith("blocks.1.")}
+    path = write_timm(tmp_path / "plain", tensors)
+    with caplog.at_level(logging.INFO, logger="keras_vit"):  # no config: what the file holds
+        assert keras_vit.load_pretrained(path, num_heads=HEADS).num_layers == 1
+    assert "inferred 1 encoder blocks" in caplog.text
+    with pytest.raises(ValueError, match="It has 1 encoder blocks where the model has 2"):
+        keras_vit.ViT(**TINY, weights=path)  # the architecture asked for says 2
+    declared = write_timm(tmp_path / "declared", tensors, {"model_args": {"depth": 2, "num_heads": HEADS}})
+    with pytest.raises(ValueError, match="encoder blocks: 2 declared, 1 in the tensors"):
+        keras_vit.load_pretrained(declared)
+    hf_folder = tmp_path / "hf"
+    hf["model"].save_pretrained(hf_folder)
+    state = {k: v for k, v in hf_state(hf_folder).items() if ".layer.1." not in k}
+    safetensors_numpy.save_file(state, hf_folder / "model.safetensors")
+    with pytest.raises(ValueError, match="encoder blocks: 2 declared, 1 in the tensors"):
+        keras_vit.load_pretrained(hf_folder)  # HF config.json: num_hidden_layers 2
+    g = {k: v for k, v in google_from_hf(hf["sd"]).items()
+         if not k.startswith("Transformer/encoderblock_1/")}
+    np.savez(tmp_path / "short.npz", **g)
+    monkeypatch.setitem(W.REGISTRY, ("T/4", "imagenet21k"),
+                        W.WeightsEntry(f"file://{tmp_path / 'short.npz'}", 32, 10, ""))
+    with pytest.raises(ValueError, match="has 1 encoder blocks where ViT-T/4 has 2"):
+        keras_vit.load_pretrained("T/4:imagenet21k")  # registered: the variant says 2
+
+
+def random_timm(width, depth, patch, grid, mlp=32, seed=0):
+    rng = np.random.default_rng(seed)
+    t = {"patch_embed.proj.weight": rng.normal(0, 0.1, (width, 3, patch, patch)),
+         "patch_embed.proj.bias": np.zeros(width), "cls_token": rng.normal(0, 0.1, (1, 1, width)),
+         "pos_embed": rng.normal(0, 0.1, (1, 1 + grid * grid, width)), "norm.weight": np.ones(width),
+         "norm.bias": np.zeros(width), "head.weight": rng.normal(0, 0.1, (10, width)),
+         "head.bias": np.zeros(10)}
+    for i in range(depth):
+        for name, shape in (("norm1", (width,)), ("norm2", (width,)), ("attn.qkv", (3 * width, width)),
+                            ("attn.proj", (width, width)), ("mlp.fc1", (mlp, width)),
+                            ("mlp.fc2", (width, mlp))):
+            t[f"blocks.{i}.{name}.weight"] = rng.normal(0, 0.1, shape)
+            t[f"blocks.{i}.{name}.bias"] = np.zeros(shape[0])
+    return {k: v.astype("float32") for k, v in t.items()}
+
+
+def test_standard_width_with_missing_blocks(tmp_path, caplog):
+    """A DeiT-Tiny-wide file (width 192) holding 1 block: named by its config, else warned."""
+    tensors = random_timm(192, 1, 16, 2)
+    with caplog.at_level(logging.WARNING, logger="keras_vit"):
+        model = keras_vit.load_pretrained(write_timm(tmp_path / "bare", tensors))
+    assert model.num_layers == 1
+    assert "holds 1 encoder blocks of width 192, where the standard ViT of that width has 12" in caplog.text
+    named = write_timm(tmp_path / "named", tensors, {"architecture": "deit_tiny_patch16_224",
+                                                     "num_classes": 10, "num_features": 192})
+    with pytest.raises(ValueError, match="encoder blocks: 12 declared, 1 in the tensors"):
+        keras_vit.load_pretrained(named)
+    wrong_head = write_timm(tmp_path / "head", tensors, {"num_classes": 1000})
+    with pytest.raises(ValueError, match="classes in the head: 1000 declared, 10 in the tensors"):
+        keras_vit.load_pretrained(wrong_head)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "{not json", '"a string"', '{"pretrained_cfg": [3]}',
+                                     '{"model_args": {"depth": "twelve"}}',
+                                     '{"pretrained_cfg": {"input_size": 224}}',
+                                     '{"pretrained_cfg": {"mean": "imagenet", "std": [1, 1, 1]}}',
+                                     '{"global_pool": ["token"]}'])
+def test_broken_timm_config_is_a_clear_error(hf, tmp_path, content):
+    path = write_timm(tmp_path, timm_from_hf(hf["sd"]))
+    (tmp_path / "config.json").write_text(content)
+    with pytest.raises(ValueError, match="config.json|global_pool") as error:
+        keras_vit.load_pretrained(path, num_heads=HEADS)
+    assert str(tmp_path) in str(error.value)
+
+
+def test_broken_huggingface_config_is_a_clear_error(hf, tmp_path):
+    hf["model"].save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for broken in ([config], dict(config, id2label=["cat"]), dict(config, image_size="big"),
+                   dict(config, layer_norm_eps="tiny"), dict(config, num_attention_heads=-4)):
+        (tmp_path / "config.json").write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match="config.json"):
+            keras_vit.load_pretrained(tmp_path)
+
+
+def write_shards(folder, state, weight_map):
+    """Splits `state` into the shard files `weight_map` names, and writes the index."""
+    os.makedirs(folder, exist_ok=True)
+    for shard in sorted(set(weight_map.values())):
+        safetensors_numpy.save_file({k: state[k] for k, s in weight_map.items() if s == shard and k in state},
+                                    os.path.join(folder, shard))
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f)
+
+
+def test_sharded_checkpoint_and_bad_indexes(hf, tmp_path):
+    hf["model"].save_pretrained(tmp_path / "src")
+    state = hf_state(tmp_path / "src")
+    config = (tmp_path / "src" / "config.json").read_text()
+    names = sorted(state)
+    good = {k: "model-0000{}-of-00002.safetensors".format(1 + (i % 2)) for i, k in enumerate(names)}
+
+    def folder(name, weight_map, index=None, shards_from=None):
+        path = tmp_path / name
+        write_shards(path, state, shards_from or weight_map)
+        (path / "config.json").write_text(config)
+        if index is not None:
+            (path / "model.safetensors.index.json").write_text(index)
+        elif shards_from:
+            (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+        return path
+
+    model = keras_vit.load_pretrained(folder("good", good))
+    np.testing.assert_allclose(model.predict(hf["images"], verbose=0), hf["logits"], atol=TOLERANCE)
+    for index, message in (('{"weight_map": {}}', "non-empty object"), ("{}", "non-empty object"),
+                           ('{"weight_map": [1]}', "non-empty object"), ("[]", "JSON object")):
+        with pytest.raises(ValueError, match=message) as error:
+            keras_vit.load_pretrained(folder("empty", good, index=index))
+        assert "model.safetensors.index.json" in str(error.value)
+    outside = tmp_path / "outside.safetensors"
+    safetensors_numpy.save_file({"x": np.zeros(1, "float32")}, outside)
+    for shard in ("../outside.safetensors", str(outside), "sub/../../outside.safetensors"):
+        with pytest.raises(ValueError, match="outside the folder") as error:
+            keras_vit.load_pretrained(folder("escape", dict(good, **{names[0]: shard}), shards_from=good))
+        assert repr(shard) in str(error.value)
+    with pytest.raises(FileNotFoundError, match="model-00003-of-00002.safetensors"):
+        keras_vit.load_pretrained(folder("absent", dict(good, **{names[0]: "model-00003-of-00002.safetensors"}),
+                                         shards_from=good))
+    moved = {k: "model-00001-of-00002.safetensors" for k in names}  # index says one shard holds all
+    with pytest.raises(ValueError, match="do not match their index.*not in the shard the index names"):
+        keras_vit.load_pretrained(folder("moved", moved, shards_from=good))
+    with pytest.raises(ValueError, match="do not match their index.*the index does not list"):
+        keras_vit.load_pretrained(folder("unlisted", {k: good[k] for k in names[1:]}, shards_from=good))
+
+
+def test_non_finite_weights_are_refused(hf, tmp_path):
+    tensors = timm_from_hf(hf["sd"])
+    tensors["blocks.0.mlp.fc1.weight"] = tensors["blocks.0.mlp.fc1.weight"].copy()
+    tensors["blocks.0.mlp.fc1.weight"][0, :3] = np.nan
+    tensors["norm.bias"] = tensors["norm.bias"].copy()
+    tensors["norm.bias"][5] = np.inf
+    with pytest.raises(ValueError, match=r"non-finite .* 2 tensor\(s\).*blocks\.0\.mlp\.fc1\.weight "
+                                         r"\(3 of 8192\), norm\.bias \(1 of 64\)"):
+        keras_vit.load_pretrained(write_timm(tmp_path, tensors), num_heads=HEADS)
+    g = google_from_hf(hf["sd"])
+    g["head/bias"] = np.full(10, np.nan, "float32")
+    np.savez(tmp_path / "nan.npz", **g)
+    with pytest.raises(ValueError, match=r"head/bias \(10 of 10\)"):
+        keras_vit.load_pretrained(tmp_path / "nan.npz")
+
+
+def test_rectangular_checkpoint_loads_at_the_grid_asked_for(tmp_path, caplog):
+    """97 position entries: class token + an 8x12 grid (32x48 images, patch 4), no config. HF's
+    own rectangular model is the reference."""
+    reference = make_hf_model(seed=11, image_size=(32, 48))
+    reference.save_pretrained(tmp_path / "hf")
+    images = random_images(2, (32, 48), seed=5)
+    expected = hf_logits(reference, images)
+    path = write_timm(tmp_path / "timm", timm_from_hf(hf_state(tmp_path / "hf")))
+    with caplog.at_level(logging.WARNING, logger="keras_vit"):
+        model = keras_vit.load_pretrained(path, image_size=(32, 48), num_heads=HEADS)
+    assert model.grid_size == (8, 12) and "resampled" not in caplog.text
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=TOLERANCE)
+    same = keras_vit.ViT(**dict(TINY, image_size=(32, 48)), weights=path)
+    np.testing.assert_allclose(same.predict(images, verbose=0), expected, atol=TOLERANCE)
+    with pytest.raises(ValueError, match=r"97 entries \(96 after 1 class/register entries\), not a "
+                                         r"square grid\. Pass image_size"):
+        keras_vit.load_pretrained(path, num_heads=HEADS)
+    with pytest.raises(ValueError, match=r"requested image_size \(32, 32\) gives a 8x8 grid \(64 "):
+        keras_vit.load_pretrained(path, image_size=(32, 32), num_heads=HEADS)
+    g = google_from_hf(hf_state(tmp_path / "hf"))  # Google's layout too
+    np.savez(tmp_path / "rect.npz", **g)
+    google = keras_vit.load_pretrained(tmp_path / "rect.npz", image_size=(32, 48))
+    np.testing.assert_allclose(google.predict(images, verbose=0), expected, atol=TOLERANCE)
+
+
+# ------------------------------------------------------------------------------------------------
+# Arguments, pooling, .keras models
+
+
+def test_unknown_keywords_and_bad_values(hf, tmp_path):
+    path = hf["folder"] / "google.npz"
+    with pytest.raises(TypeError, match=r"\['imagesize'\].*did you mean 'image_size'"):
+        keras_vit.load_pretrained(path, imagesize=48)
+    with pytest.raises(TypeError, match=r"did you mean 'dropout_rate' for 'dropout'"):
+        keras_vit.load_pretrained(path, dropout=0.1)
+    with pytest.raises(TypeError, match=r"did you mean 'resample_method' for 'resample'"):
+        keras_vit.load_pretrained(path, resample="bilinear")
+    with pytest.raises(TypeError, match=r"build_with_weights\(\).*'dropuot_rate'.*'dropout_rate'"):
+        W.build_with_weights(dict(TINY, dropuot_rate=0.1), str(path))
+    absent = tmp_path / "absent.npz"  # the values are checked before the file is looked for
+    for bad, message in ((dict(image_size=0), "image_size must be positive"),
+                         (dict(image_size=(32, -4)), "image_size must be positive"),
+                         (dict(image_size="big"), "image_size"),
+                         (dict(num_classes=-1), "num_classes must be a positive int"),
+                         (dict(num_classes=0), "num_classes must be a positive int"),
+                         (dict(num_classes=2.5), "num_classes must be a positive int"),
+                         (dict(include_top="no"), "include_top must be True or False"),
+                         (dict(resample_method="nearest"), "resample_method")):
+        with pytest.raises(ValueError, match=message):
+            keras_vit.load_pretrained(absent, **bad)
+
+
+@pytest.fixture(scope="module")
+def gap_npz(hf):
+    """A Google GAP checkpoint: no class token, position embedding for the patches only."""
+    g = google_from_hf(hf["sd"])
+    del g["cls"]
+    g["Transformer/posembed_input/pos_embedding"] = g["Transformer/posembed_input/pos_embedding"][:, 1:]
+    path = hf["folder"] / "gap.npz"
+    np.savez(path, **g)
+    return str(path)
+
+
+def test_pooling_the_checkpoint_cannot_give_is_an_error(hf, gap_npz, caplog):
+    with pytest.raises(ValueError, match=r"pooling='token' pools the class token, and .*gap\.npz' has "
+                                         r"none \(its pooling is 'gap'\)"):
+        keras_vit.load_pretrained(gap_npz, pooling="token")
+    with pytest.raises(ValueError, match="pooling='token' pools the class token"):
+        W.build_with_weights(dict(TINY, pooling="token"), gap_npz)  # a plain dict: all chosen
+    model = W.build_with_weights(dict(TINY, pooling="token"), gap_npz, given=set(TINY))
+    assert model.pooling == "gap" and not model.class_token
+    assert keras_vit.load_pretrained(gap_npz).pooling == "gap"
+    with caplog.at_level(logging.WARNING, logger="keras_vit"):
+        other = keras_vit.load_pretrained(hf["folder"] / "google.npz", pooling="gap")
+    assert other.pooling == "gap" and "head was trained on 'token' pooling" in caplog.text
+
+
+def test_vit_pooling_default_follows_the_checkpoint_and_explicit_token_contradicts(gap_npz):
+    """Needs models.ViT to tell build_with_weights which arguments the caller gave (`given`)."""
+    assert keras_vit.ViT(**TINY, weights=gap_npz).pooling == "gap"
+    with pytest.raises(ValueError, match="pooling='token' pools the class token"):
+        keras_vit.ViT(**TINY, pooling="token", weights=gap_npz)
+
+
+class UnregisteredSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A user's own schedule, not registered: only the training state refers to it."""
+
+    def __call__(self, step):
+        return 1e-3
+
+    def get_config(self):
+        return {}
+
+
+@pytest.fixture(scope="module")
+def trained_keras(hf, tmp_path_factory):
+    """A model compiled with an unregistered schedule, trained one step and saved as .keras."""
+    model = keras_vit.load_pretrained(hf["folder"] / "google.npz")
+    model.compile(optimizer=keras.optimizers.AdamW(UnregisteredSchedule()),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(hf["images"], np.array([1, 2]), epochs=1, verbose=0)
+    path = tmp_path_factory.mktemp("trained") / "model.keras"
+    model.save(path)
+    return dict(path=str(path), logits=model.predict(hf["images"], verbose=0),
+                weights={v.path: keras.ops.convert_to_numpy(v) for v in model.weights})
+
+
+def test_keras_file_loads_safely_as_saved(hf, trained_keras):
+    for loader in (keras_vit.load_pretrained, W.load_model_or_checkpoint):
+        model = loader(trained_keras["path"])
+        assert isinstance(model, keras_vit.VisionTransformer)
+        np.testing.assert_allclose(model.predict(hf["images"], verbose=0), trained_keras["logits"], atol=1e-5)
+    with pytest.raises(Exception):  # Keras' own way compiles, and needs the unregistered schedule
+        keras.models.load_model(trained_keras["path"])
+
+
+def test_keras_file_rebuilt_at_another_size_and_head(hf, trained_keras, caplog):
+    with caplog.at_level(logging.WARNING, logger="keras_vit"):
+        model = keras_vit.load_pretrained(trained_keras["path"], image_size=48, num_classes=3)
+    assert model.grid_size == (12, 12) and model.num_classes == 3 and "resampled" in caplog.text
+    for variable in model.weights:
+        if variable.path.startswith("encoderblock_"):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable),
+                                          trained_keras["weights"][variable.path])
+    same = keras_vit.ViT(**TINY, weights=trained_keras["path"])
+    np.testing.assert_allclose(same.predict(hf["images"], verbose=0), trained_keras["logits"], atol=1e-5)
+
+
+def test_broken_keras_files_are_named(trained_keras, tmp_path):
+    data = open(trained_keras["path"], "rb").read()
+    cut = tmp_path / "cut.keras"
+    cut.write_bytes(data[: len(data) // 2])
+    for loader in (keras_vit.load_pretrained, W.load_model_or_checkpoint):
+        with pytest.raises(ValueError, match=f"{cut}.*not a complete .keras file"):
+            loader(cut)
+    corrupt = tmp_path / "corrupt.keras"  # a valid zip whose weights file is garbage
+    with zipfile.ZipFile(trained_keras["path"]) as source, zipfile.ZipFile(corrupt, "w") as target:
+        for name in source.namelist():
+            target.writestr(name, b"garbage" if name.endswith(".h5") else source.read(name))
+    with pytest.raises(ValueError, match=f"Could not load the Keras model '{corrupt}'"):
+        keras_vit.load_pretrained(corrupt)
+    renamed = tmp_path / "model.zip"
+    renamed.write_bytes(data)
+    with pytest.raises(ValueError, match="Keras model archive.*ending in .keras"):
+        keras_vit.load_pretrained(renamed)
+
+
+def test_keras_file_with_nan_weights_is_refused(hf, tmp_path):
+    model = keras_vit.load_pretrained(hf["folder"] / "google.npz")
+    kernel = model.get_layer("head").kernel
+    kernel.assign(np.where(np.arange(kernel.shape[1]) < 2, np.nan, keras.ops.convert_to_numpy(kernel)))
+    model.save(tmp_path / "diverged.keras")
+    with pytest.raises(ValueError, match=rf"non-finite.*head/kernel \({2 * HIDDEN} of {10 * HIDDEN}\)"):
+        keras_vit.load_pretrained(tmp_path / "diverged.keras")
 
 
 # ------------------------------------------------------------------------------------------------
