@@ -16,6 +16,7 @@ if _startup.wanted():
         import keras  # noqa: F401 - imports TensorFlow, which prints its notices now
 
 from keras_vit import layers  # noqa: E402
+from keras_vit import resnet  # noqa: E402,F401 - the hybrids' ResNet layers, registered
 # Registers every object a trained model's `.keras` file references (schedules, loss, metrics,
 # optimizer), so `keras.models.load_model` works after `import keras_vit` alone. No TensorFlow.
 from keras_vit import training  # noqa: E402
