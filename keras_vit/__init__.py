@@ -21,7 +21,14 @@ from keras_vit import resnet  # noqa: E402,F401 - the hybrids' ResNet layers, re
 # optimizer), so `keras.models.load_model` works after `import keras_vit` alone. No TensorFlow.
 from keras_vit import training  # noqa: E402
 from keras_vit.models import (  # noqa: E402
+    HYBRID_VARIANTS,
     VARIANTS,
+    R26ViTS32,
+    R50ViTB16,
+    R50ViTB32,
+    R50ViTL16,
+    R50ViTL32,
+    RViTTi16,
     ViT,
     ViTB8,
     ViTB16,

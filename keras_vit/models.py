@@ -13,6 +13,7 @@ import numpy as np
 from keras import ops
 
 from keras_vit import layers as L
+from keras_vit import resnet
 
 POOLINGS = ("token", "gap", "map", None)
 
@@ -30,15 +31,33 @@ VARIANTS = {
     "H/14": (14, 1280, 32, 16, 5120),
 }
 ARCHITECTURE_ARGS = ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim")
+# The paper's hybrids (a ResNet's feature map is the token grid) and AugReg's:
+# name: (ViT variant, ResNet block units, patch size on the feature map). The paper's R50 for /16
+# drops stage 4 and extends stage 3 to 9 units; /32 keeps ResNet-50's four stages; AugReg's "R"
+# is the root alone (stride 4) with 8x8 patches, which makes /16 in pixels and /32 for R26.
+HYBRID_VARIANTS = {
+    "R50+B/16": ("B/16", (3, 4, 9), 1),
+    "R50+B/32": ("B/32", (3, 4, 6, 3), 1),
+    "R50+L/16": ("L/16", (3, 4, 9), 1),
+    "R50+L/32": ("L/32", (3, 4, 6, 3), 1),
+    "R26+S/32": ("S/32", (2, 2, 2, 2), 1),
+    "R+Ti/16": ("Ti/16", (), 8),
+}
 
 GOOGLE_NORMALIZATION = (0.5, 0.5)  # [0, 255] -> [-1, 1]
 IMAGENET_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def variant_config(variant):
-    """`"B/16"` -> `{"patch_size": 16, "hidden_size": 768, ...}`; ValueError listing the valid names."""
+    """`"B/16"` -> `{"patch_size": 16, "hidden_size": 768, ...}`; a hybrid (`"R50+B/16"`) adds
+    `backbone={"block_units": [3, 4, 9]}`. ValueError listing the valid names."""
+    if variant in HYBRID_VARIANTS:
+        vit, block_units, patch = HYBRID_VARIANTS[variant]
+        return {**variant_config(vit), "patch_size": patch,
+                "backbone": {"block_units": list(block_units)}}
     if variant not in VARIANTS:
-        raise ValueError(f"Unknown ViT variant {variant!r}: expected one of {sorted(VARIANTS)}.")
+        raise ValueError(f"Unknown ViT variant {variant!r}: expected one of "
+                         f"{sorted(VARIANTS) + sorted(HYBRID_VARIANTS)}.")
     return dict(zip(ARCHITECTURE_ARGS, VARIANTS[variant]))
 
 
@@ -58,8 +77,8 @@ class VisionTransformer(keras.Model):
                  drop_path_rate=0.0, include_preprocessing=True, classifier_activation=None,
                  class_token=None, num_registers=0, layer_scale_init_value=None,
                  normalization_mean=GOOGLE_NORMALIZATION[0], normalization_std=GOOGLE_NORMALIZATION[1],
-                 layer_norm_epsilon=L.LAYER_NORM_EPSILON, class_names=None, name=None, dtype=None,
-                 **kwargs):
+                 layer_norm_epsilon=L.LAYER_NORM_EPSILON, class_names=None, backbone=None,
+                 name=None, dtype=None, **kwargs):
         _check_keywords(kwargs, _MODEL_KEYWORDS, "VisionTransformer")
         image_size = L._pair(image_size, "image_size")
         patch_size = L._pair(patch_size, "patch_size")
@@ -71,9 +90,12 @@ class VisionTransformer(keras.Model):
         if class_token is None:
             # Google's GAP and big_vision's MAP models have no class token; the classic ViT has one.
             class_token = pooling in ("token", None)
-        _validate(image_size, patch_size, hidden_size, num_heads, pooling, include_top, num_classes,
-                  class_token, class_names, dropout_rate, attention_dropout_rate, drop_path_rate)
-        grid = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
+        backbone = _backbone_config(backbone)
+        stride = resnet.backbone_stride(backbone["block_units"]) if backbone else 1
+        _validate(image_size, (patch_size[0] * stride, patch_size[1] * stride), hidden_size,
+                  num_heads, pooling, include_top, num_classes, class_token, class_names,
+                  dropout_rate, attention_dropout_rate, drop_path_rate)
+        grid = (image_size[0] // (patch_size[0] * stride), image_size[1] // (patch_size[1] * stride))
         num_prefix = int(class_token)
         policy = keras.dtype_policies.get(dtype) if dtype is not None else None
 
@@ -82,6 +104,9 @@ class VisionTransformer(keras.Model):
         if include_preprocessing:
             x = L.ImageNormalization(normalization_mean, normalization_std, dtype=policy,
                                      name="preprocessing")(x)
+        if backbone:
+            # The hybrid: the ResNet's feature map is the image the patches are cut from.
+            x = resnet.ResNetBackbone(**backbone, dtype=policy, name="backbone")(x)
         x = L.PatchEmbedding(patch_size, hidden_size, dtype=policy, name="patch_embedding")(x)
         if class_token:
             x = L.ClassToken(dtype=policy, name="class_token")(x)
@@ -136,6 +161,7 @@ class VisionTransformer(keras.Model):
         self.normalization_std = _as_list(normalization_std)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.class_names = list(class_names) if class_names is not None else None
+        self.backbone = backbone
 
     @property
     def encoder_blocks(self):
@@ -161,7 +187,7 @@ class VisionTransformer(keras.Model):
             "normalization_mean": self.normalization_mean,
             "normalization_std": self.normalization_std,
             "layer_norm_epsilon": self.layer_norm_epsilon, "class_names": self.class_names,
-            "name": self.name, "trainable": self.trainable,
+            "backbone": self.backbone, "name": self.name, "trainable": self.trainable,
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
         }
 
@@ -180,6 +206,22 @@ class VisionTransformer(keras.Model):
 # The keywords `VisionTransformer` takes: its own arguments, and keras.Model's `trainable`.
 _MODEL_KEYWORDS = tuple(p for p in inspect.signature(VisionTransformer.__init__).parameters
                         if p not in ("self", "kwargs")) + ("trainable",)
+
+
+def _backbone_config(backbone):
+    """None, or the hybrid's ResNet as a dict of `ResNetBackbone` arguments (`block_units`, and
+    optionally `width_factor` and the numerics of its checkpoint's source)."""
+    if backbone is None:
+        return None
+    if not isinstance(backbone, dict) or "block_units" not in backbone:
+        raise ValueError(f"backbone must be None or a dict with 'block_units' (e.g. "
+                         f"{{'block_units': [3, 4, 9]}}), got {backbone!r}.")
+    valid = ("block_units", "width_factor", "standardization_epsilon", "epsilon_inside_sqrt",
+             "norm_epsilon")
+    _check_keywords(backbone, valid, "backbone")
+    config = dict(backbone)
+    config["block_units"] = [int(u) for u in config["block_units"]]
+    return config
 
 
 def _as_list(value):
@@ -321,10 +363,11 @@ _VIT_KEYWORDS = tuple(p for p in inspect.signature(ViT).parameters if p != "kwar
 
 def _variant_builder(variant, function_name):
     architecture = variant_config(variant)
+    fixed = set(ARCHITECTURE_ARGS) | set(architecture)
 
     def builder(image_size=224, num_classes=1000, include_top=True, weights=None, **kwargs):
         _check_keywords(kwargs, _VIT_KEYWORDS, function_name)
-        clash = sorted(set(kwargs) & set(ARCHITECTURE_ARGS))
+        clash = sorted(set(kwargs) & fixed)
         if clash:
             raise ValueError(
                 f"{function_name} fixes {clash}; use keras_vit.ViT(...) for another architecture."
@@ -332,10 +375,17 @@ def _variant_builder(variant, function_name):
         return ViT(image_size=image_size, num_classes=num_classes, include_top=include_top,
                    weights=weights, **architecture, **{"name": function_name.lower(), **kwargs})
 
-    patch, hidden, depth, heads, mlp = VARIANTS[variant]
     builder.__name__ = builder.__qualname__ = function_name
+    if variant in HYBRID_VARIANTS:
+        vit, block_units, patch = HYBRID_VARIANTS[variant]
+        resnet_name = f"ResNet units {list(block_units)}" if block_units else "the ResNet root alone"
+        summary = (f"Hybrid {variant}: {resnet_name} (stride {resnet.backbone_stride(block_units)}), "
+                   f"then ViT-{vit} on {patch}x{patch} patches of its feature map.")
+    else:
+        patch, hidden, depth, heads, mlp = VARIANTS[variant]
+        summary = f"ViT-{variant}: patch {patch}, width {hidden}, {depth} blocks, {heads} heads, MLP {mlp}."
     builder.__doc__ = (
-        f"ViT-{variant}: patch {patch}, width {hidden}, {depth} blocks, {heads} heads, MLP {mlp}.\n\n"
+        f"{summary}\n\n"
         f"Takes the keyword arguments of `keras_vit.ViT` except the architecture ones.\n\n"
         f"    model = keras_vit.{function_name}(num_classes=10, weights=None)\n"
     )
@@ -351,9 +401,17 @@ ViTB32 = _variant_builder("B/32", "ViTB32")
 ViTL16 = _variant_builder("L/16", "ViTL16")
 ViTL32 = _variant_builder("L/32", "ViTL32")
 ViTH14 = _variant_builder("H/14", "ViTH14")
+R50ViTB16 = _variant_builder("R50+B/16", "R50ViTB16")
+R50ViTB32 = _variant_builder("R50+B/32", "R50ViTB32")
+R50ViTL16 = _variant_builder("R50+L/16", "R50ViTL16")
+R50ViTL32 = _variant_builder("R50+L/32", "R50ViTL32")
+R26ViTS32 = _variant_builder("R26+S/32", "R26ViTS32")
+RViTTi16 = _variant_builder("R+Ti/16", "RViTTi16")
 VARIANT_BUILDERS = {
     "ViTTi16": ViTTi16, "ViTS16": ViTS16, "ViTS32": ViTS32, "ViTB8": ViTB8, "ViTB16": ViTB16,
     "ViTB32": ViTB32, "ViTL16": ViTL16, "ViTL32": ViTL32, "ViTH14": ViTH14,
+    "R50ViTB16": R50ViTB16, "R50ViTB32": R50ViTB32, "R50ViTL16": R50ViTL16,
+    "R50ViTL32": R50ViTL32, "R26ViTS32": R26ViTS32, "RViTTi16": RViTTi16,
 }
 
 

@@ -243,3 +243,82 @@ def test_check_image_shape_messages():
         L.check_image_shape((32, 32, 3))
     with pytest.raises(ValueError, match="height x width 32x32, got 40x40"):
         L.check_image_shape((1, 40, 40, 3), image_size=(32, 32))
+
+
+# ----------------------------------------------------------------------------- hybrids
+# The totals (224 px, 1000 classes), and the parts they add up from, by hand: the ResNet
+# backbone (tests/test_resnet.py counts it layer by layer), a 1x1 (or 8x8 for R+Ti) patch
+# embedding of its C channels, and the ViT with (224 / stride / patch)^2 + 1 tokens.
+HYBRIDS = {
+    "R50ViTB16": (98_659_112, 11_894_848, 1024, 1, 14, (768, 12, 3072)),
+    "R50ViTB32": (110_945_832, 23_508_032, 2048, 1, 7, (768, 12, 3072)),
+    "R50ViTL16": (316_483_624, 11_894_848, 1024, 1, 14, (1024, 24, 4096)),
+    "R50ViTL32": (328_994_856, 23_508_032, 2048, 1, 7, (1024, 24, 4096)),
+    "R26ViTS32": (36_431_912, 13_946_176, 2048, 1, 7, (384, 12, 1536)),
+    "RViTTi16": (6_337_704, 9_536, 64, 8, 7, (192, 12, 768)),
+}
+
+
+def _hybrid_hand_count(backbone, channels, patch, grid, width, depth, mlp, classes=1000):
+    vit_with_16px_patches = hand_count(16, width, depth, mlp, classes=classes)
+    pixel_patch_embedding = 16 * 16 * 3 * width + width
+    tokens_difference = (197 - (grid * grid + 1)) * width
+    return (backbone + vit_with_16px_patches - pixel_patch_embedding - tokens_difference
+            + patch * patch * channels * width + width)
+
+
+@pytest.mark.parametrize("name", list(HYBRIDS))
+def test_hybrid_parameter_counts_are_exact(name):
+    total, backbone, channels, patch, grid, (width, depth, mlp) = HYBRIDS[name]
+    assert _hybrid_hand_count(backbone, channels, patch, grid, width, depth, mlp) == total
+    model = getattr(keras_vit, name)()
+    assert model.count_params() == total
+    assert model.grid_size == (grid, grid) and model.get_layer("backbone") is not None
+    del model
+    gc.collect()
+
+
+TINY_HYBRID = dict(image_size=32, patch_size=1, hidden_size=32, num_layers=1, num_heads=2,
+                   mlp_dim=32, num_classes=3, backbone={"block_units": [1, 1]})
+
+
+@pytest.mark.parametrize("options", [dict(), dict(image_size=(32, 48)), dict(pooling="gap"),
+                                     dict(include_top=False)])
+def test_hybrid_options_round_trip_in_safe_mode(options, tmp_path):
+    model = randomize_weights(keras_vit.ViT(**{**TINY_HYBRID, **options}))
+    height, width = model.image_size
+    assert model.grid_size == (height // 8, width // 8)  # root stride 4, one more stage: 8
+    images = random_images(2, (height, width))
+    out = keras.ops.convert_to_numpy(model(images))
+    assert np.all(np.isfinite(out))
+    model.save(tmp_path / "hybrid.keras")
+    loaded = keras.models.load_model(tmp_path / "hybrid.keras")
+    assert loaded.get_config() == model.get_config()
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(images)), out)
+
+
+def test_hybrid_checks_its_size_and_backbone():
+    with pytest.raises(ValueError, match="image_size.*patch_size"):
+        keras_vit.ViT(**{**TINY_HYBRID, "image_size": 36})  # not a multiple of stride 8
+    with pytest.raises(ValueError, match="block_units"):
+        keras_vit.ViT(**{**TINY_HYBRID, "backbone": {"units": [1]}})
+    with pytest.raises(TypeError, match="'width'.*width_factor"):
+        keras_vit.ViT(**{**TINY_HYBRID, "backbone": {"block_units": [1], "width": 2}})
+    with pytest.raises(ValueError, match="fixes"):
+        keras_vit.R50ViTB16(backbone=None)
+
+
+def test_hybrid_mixed_precision_and_fast_predictor():
+    from keras_vit import inference
+
+    model = randomize_weights(keras_vit.ViT(**TINY_HYBRID))
+    images = random_images(2, 32)
+    expected = keras.ops.convert_to_numpy(model(images))
+    predict = inference.fast_predictor(model, precision="float32")
+    np.testing.assert_allclose(np.asarray(predict(images)), expected, atol=1e-4)
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    mixed = keras_vit.ViT(**TINY_HYBRID)
+    mixed.set_weights(model.get_weights())
+    out = keras.ops.convert_to_numpy(mixed(images))
+    assert out.dtype == np.float32 and np.all(np.isfinite(out))
+    np.testing.assert_allclose(out, expected, atol=0.1)
