@@ -43,22 +43,32 @@ PEAK_TFLOPS = {"H100": {"bfloat16": 989.0, "float32": 67.0},
 
 
 def vit_flops(image_size=224, patch_size=16, hidden_size=768, num_layers=12, mlp_dim=3072,
-              num_classes=1000, class_token=True, num_registers=0, **unused):
+              num_classes=1000, class_token=True, num_registers=0, backbone=None, **unused):
     """Forward FLOPs of one image through a ViT, counting a multiply-add as 2 FLOPs.
 
     Counts the matmuls (patch projection, qkv, attention logits and values, output projection,
     MLP, head); LayerNorm, softmax, GELU and additions are a few percent and left out, as usual.
-    Training costs about 3x (the backward pass is two matmuls per forward matmul).
+    A hybrid's ResNet convolutions are counted too (`resnet.backbone_flops`), and its patches are
+    cut from the feature map. Training costs about 3x (the backward pass is two matmuls per
+    forward matmul).
 
     >>> round(vit_flops() / 1e9, 1)   # ViT-B/16 at 224: 17.6 GMACs
     35.1
     """
     height, width = (image_size, image_size) if np.isscalar(image_size) else image_size
     ph, pw = (patch_size, patch_size) if np.isscalar(patch_size) else patch_size
+    channels, features = 3, 0
+    if backbone:
+        from keras_vit import resnet
+
+        units, factor = backbone["block_units"], backbone.get("width_factor", 1)
+        features = resnet.backbone_flops((height, width), units, factor)
+        height, width = resnet.feature_map_size((height, width), units)
+        channels = resnet.backbone_channels(units, factor)
     patches = (height // ph) * (width // pw)
     tokens = patches + int(class_token) + num_registers
     d = hidden_size
-    embed = 2 * patches * (ph * pw * 3) * d
+    embed = features + 2 * patches * (ph * pw * channels) * d
     block = (2 * tokens * d * 3 * d        # qkv
              + 2 * 2 * tokens * tokens * d  # q @ k^T and weights @ v, all heads together
              + 2 * tokens * d * d           # output projection
@@ -80,6 +90,8 @@ def resolve_config(model="ViTB16", image_size=224, num_classes=1000, overrides=N
     from keras_vit import models
 
     builders = {"ViT" + v.replace("/", ""): v for v in models.VARIANTS}  # "ViTS16" -> "S/16"
+    builders.update({v.replace("+", "ViT").replace("/", ""): v          # "R50ViTB16" -> "R50+B/16"
+                     for v in models.HYBRID_VARIANTS})
     name = builders.get(model, model)
     config = dict(models.variant_config(name), image_size=image_size, num_classes=num_classes)
     config.update(overrides or {})

@@ -36,6 +36,20 @@ def test_vit_flops_matches_hand_count():
     assert benchmark.vit_flops(**TINY, num_registers=4) > tiny
 
 
+def test_hybrid_flops_count_the_resnet_and_the_feature_map_patches():
+    from keras_vit import resnet
+
+    # R50+ViT-B/16 at 224: the ResNet's 14x14x1024 feature map, 1x1 patches, 197 tokens.
+    config = benchmark.resolve_config("R50ViTB16")
+    assert config["backbone"] == {"block_units": [3, 4, 9]} and config["patch_size"] == 1
+    blocks = 12 * (2 * 197 * 768 * 2304 + 4 * 197 * 197 * 768 + 2 * 197 * 768 * 768
+                   + 4 * 197 * 768 * 3072)
+    expected = (resnet.backbone_flops(224, (3, 4, 9)) + 2 * 196 * 1024 * 768 + blocks
+                + 2 * 768 * 1000)
+    assert benchmark.vit_flops(**config) == expected
+    assert benchmark.vit_flops(**config) > benchmark.vit_flops() + 2e9  # the ResNet is not free
+
+
 def test_benchmark_cli_writes_markdown_and_json(tmp_path):
     out, md = tmp_path / "results.json", tmp_path / "results.md"
     code = main(["benchmark", "--model", "ViTTi16", "--config", json.dumps(TINY), "--batch-size", "2",
