@@ -104,3 +104,14 @@ def test_bad_model_values_are_value_errors(kwargs, message):
     config = dict(image_size=8, patch_size=4, hidden_size=8, num_layers=1, num_heads=2, mlp_dim=8)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         keras_vit.ViT(**{**config, **kwargs})
+
+
+@pytest.mark.slow
+def test_train_and_info_on_a_hybrid(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    code = cli.main(["train", "--model", "RViTTi16", "--image-size", "32", "--steps", "2",
+                     "--batch-size", "8", "--quiet", "--run-dir", str(run_dir)])
+    out = capsys.readouterr().out
+    assert code == 0 and "Held-out accuracy" in out, out
+    assert cli.main(["info", str(run_dir / "model.keras")]) == 0
+    assert "ResNetBackbone" in capsys.readouterr().out

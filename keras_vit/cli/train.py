@@ -87,8 +87,10 @@ def add_train_arguments(parser):
                       help="CutMix alpha (0 = off)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="tiny",
-                       help="'tiny' (small ViT: patch 4, width 64, 4 blocks; the default) or "
-                       "a variant: ViTTi16, ViTS16, ViTS32, ViTB8, ViTB16, ViTB32, ViTL16, ViTL32, ViTH14")
+                       help="'tiny' (small ViT: patch 4, width 64, 4 blocks; the default), a "
+                       "variant (ViTTi16, ViTS16, ViTS32, ViTB8, ViTB16, ViTB32, ViTL16, ViTL32, "
+                       "ViTH14) or a ResNet hybrid (R50ViTB16, R50ViTB32, R50ViTL16, R50ViTL32, "
+                       "R26ViTS32, RViTTi16)")
     model.add_argument("--weights", help="pretrained weights: a registered name (imagenet21k, ...) "
                        "or a checkpoint path; default: random init")
     model.add_argument("--dropout", type=fraction,
