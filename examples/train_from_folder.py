@@ -38,7 +38,9 @@ def main():
     augment = keras.layers.RandAugment(value_range=(0, 255)) if args.randaugment else None
     train = data.from_directory(args.train_dir, args.image_size, args.batch_size, training=True,
                                 augment=augment, mixup_alpha=args.mixup)
-    val = data.from_directory(args.val_dir, args.image_size, args.batch_size) if args.val_dir else None
+    # Validation classes are matched to the training classes by name, not by position.
+    val = (data.from_directory(args.val_dir, args.image_size, args.batch_size,
+                               class_names=train.class_names) if args.val_dir else None)
     steps_per_epoch = int(train.cardinality())
     steps = args.epochs * steps_per_epoch
     strategy = training.get_strategy("auto")

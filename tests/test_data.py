@@ -5,6 +5,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from keras_vit import data
@@ -141,18 +142,186 @@ def test_corrupt_and_fake_images_are_skipped_and_counted(image_folder):
     good = (image_folder / "cats" / "c.jpg").read_bytes()
     (image_folder / "cats" / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (image_folder / "dogs" / "notes.jpg").write_text("this is text, not a JPEG")
-    with pytest.warns(UserWarning, match="skipped 2 unreadable") as record:
+    with pytest.warns(UserWarning, match="skipped 2 image files that do not decode") as record:
         dataset = data.from_directory(str(image_folder), image_size=16, batch_size=16)
     message = str(record[0].message)
-    assert "truncated.jpg" in message and "notes.jpg" in message
+    assert "truncated.jpg (" in message and "notes.jpg (" in message
     assert sorted(os.path.basename(f) for f in dataset.skipped_files) == ["notes.jpg", "truncated.jpg"]
     assert dataset.cardinality_examples == 5 and sum(len(y) for _, y in dataset) == 5
-    # Without the scan the decoder fails on them at run time: dropped, never a crash.
-    for training in (False, True):
-        unchecked = data.from_directory(str(image_folder), image_size=16, batch_size=16,
-                                        training=training, verify_files=False)
-        assert unchecked.cardinality_examples == 7
-        assert sum(len(y) for _, y in unchecked) == 5
+
+
+def corrupt_body(jpeg_bytes):
+    """Valid start (SOI) and end (EOI) markers, an unknown marker (0xFF20) in the middle of the
+    entropy-coded data: libjpeg, in TensorFlow and in Pillow, refuses it."""
+    middle = (jpeg_bytes.index(b"\xff\xda") + len(jpeg_bytes)) // 2
+    return jpeg_bytes[:middle] + b"\xff\x20" + jpeg_bytes[middle + 2:]
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_corrupt_body_with_valid_markers_is_skipped_and_the_counts_hold(image_folder, training):
+    broken = corrupt_body((image_folder / "cats" / "c.jpg").read_bytes())
+    assert broken.startswith(b"\xff\xd8\xff") and broken.endswith(b"\xff\xd9")
+    (image_folder / "dogs" / "broken.jpg").write_bytes(broken)
+    with pytest.raises(ValueError):  # Pillow, an independent decoder, refuses it too
+        load_image(str(image_folder / "dogs" / "broken.jpg"))
+    with pytest.warns(UserWarning, match=r"skipped 1 image files.*broken\.jpg \(.*Invalid JPEG"):
+        dataset = data.from_directory(str(image_folder), image_size=16, batch_size=2,
+                                      training=training, seed=0, drop_remainder=False)
+    yielded = [len(y) for _, y in dataset]
+    assert dataset.cardinality_examples == len(dataset.file_paths) == sum(yielded) == 5
+    assert int(dataset.cardinality()) == len(yielded) == 3
+    assert [os.path.basename(f) for f in dataset.skipped_files] == ["broken.jpg"]
+
+
+def test_decompression_bomb_is_skipped_without_decoding(image_folder):
+    """A PNG header claiming 30000 x 30000 pixels (900 MB to decode) over a few bytes of data: the
+    scan refuses it from the header, as Pillow (predict) does."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
+    (image_folder / "cats" / "bomb.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 30001))
+        + chunk(b"IEND", b""))
+    with pytest.warns(UserWarning, match=r"bomb\.png \(Image size \(900000000 pixels\) exceeds"):
+        dataset = data.from_directory(str(image_folder), image_size=8)
+    assert dataset.cardinality_examples == 5
+
+
+def test_run_time_failures_are_named_and_counted(image_folder, capfd):
+    """Without the scan, or when a file breaks after it, the file is dropped with a warning
+    naming it; the counts are then unknown (no scan) or the pass fails (count no longer holds)."""
+    good = (image_folder / "cats" / "c.jpg").read_bytes()
+    (image_folder / "dogs" / "broken.jpg").write_bytes(corrupt_body(good))
+    (image_folder / "dogs" / "notes.jpg").write_text("this is text, not a JPEG")
+    unchecked = data.from_directory(str(image_folder), image_size=16, batch_size=16,
+                                    verify_files=False)
+    assert unchecked.cardinality_examples is None and sum(len(y) for _, y in unchecked) == 5
+    stderr = capfd.readouterr().err
+    assert "broken.jpg" in stderr and "notes.jpg" in stderr and "2 dropped in this pass" in stderr
+    # Training decodes only a random crop of a JPEG, which may miss the broken part: text only.
+    os.remove(image_folder / "dogs" / "broken.jpg")
+    unchecked = data.from_directory(str(image_folder), image_size=16, batch_size=16,
+                                    training=True, drop_remainder=False, verify_files=False)
+    assert sum(len(y) for _, y in unchecked) == 5
+    stderr = capfd.readouterr().err
+    assert "notes.jpg" in stderr and "1 dropped in this pass" in stderr
+    with pytest.warns(UserWarning, match="notes.jpg"):
+        dataset = data.from_directory(str(image_folder), image_size=16, batch_size=2)
+    assert int(dataset.cardinality()) == 3
+    (image_folder / "cats" / "c.jpg").write_bytes(corrupt_body(good))  # breaks after the scan
+    with pytest.raises(tf.errors.OpError, match="expected to contain 5"):
+        list(dataset)
+    assert "c.jpg" in capfd.readouterr().err
+
+
+def test_symlink_loops_are_not_followed(tmp_path):
+    root = tmp_path / "data"
+    for name, size in {"cats/a.png": 20, "cats/deep/b.png": 24, "dogs/c.png": 28}.items():
+        os.makedirs(root / os.path.dirname(name), exist_ok=True)
+        Image.fromarray(smooth_image(size, size, size)).save(root / name)
+    os.symlink("..", root / "cats" / "deep" / "up")  # cats/deep/up -> cats: a loop
+    os.symlink(tmp_path, root / "cats" / "above")  # contains the whole dataset
+    os.symlink("../dogs", root / "cats" / "dogs_too")  # another class's folder
+    os.makedirs(tmp_path / "outside")
+    Image.fromarray(smooth_image(16, 16, 3)).save(tmp_path / "outside" / "d.png")
+    os.symlink(tmp_path / "outside", root / "dogs" / "linked")  # a plain link: followed once
+    os.symlink(tmp_path / "outside", root / "dogs" / "linked_again")
+    os.symlink(root / "cats" / "a.png", root / "dogs" / "a_link.png")  # a file: followed
+    with pytest.warns(UserWarning, match="did not enter 4 folders") as record:
+        dataset = data.from_directory(str(root), image_size=8, batch_size=16)
+    message = str(record[0].message)
+    for skipped in ("cats/deep/up", "cats/above", "cats/dogs_too", "dogs/linked_again"):
+        assert str(root / skipped) + "'" in message
+    names = sorted(os.path.relpath(f, root) for f in dataset.file_paths)
+    assert names == ["cats/a.png", "cats/deep/b.png", "dogs/a_link.png", "dogs/c.png",
+                     "dogs/linked/d.png"]
+    assert sum(len(y) for _, y in dataset) == 5 and dataset.cardinality_examples == 5
+
+
+def test_empty_class_folder_stays_a_class_with_a_warning(image_folder):
+    os.makedirs(image_folder / "birds")
+    os.makedirs(image_folder / "fish")
+    (image_folder / "fish" / "notes.txt").write_text("no photos yet")
+    with pytest.warns(UserWarning, match=r"2 class folders have no readable image: \['birds', 'fish'\]"):
+        dataset = data.from_directory(str(image_folder), image_size=8, batch_size=8)
+    assert dataset.class_names == ["birds", "cats", "dogs", "fish"] and dataset.num_classes == 4
+    [(_, labels)] = batches(dataset)
+    np.testing.assert_array_equal(labels, np.eye(4)[[1, 1, 1, 2, 2]])
+
+
+def labels_by_file(dataset):
+    labels = np.concatenate([y for _, y in dataset])
+    return {os.path.basename(f): int(np.argmax(y)) for f, y in zip(dataset.file_paths, labels)}
+
+
+def test_class_names_match_folders_by_name(image_folder):
+    train_names = ["ants", "cats", "dogs"]
+    reordered = data.from_directory(str(image_folder), image_size=8, class_names=["dogs", "cats"])
+    assert reordered.class_names == ["dogs", "cats"]
+    assert labels_by_file(reordered) == {"a.png": 1, "b.png": 1, "c.jpg": 1, "d.jpg": 0, "e.jpeg": 0}
+    subset = data.from_directory(str(image_folder), image_size=8, class_names=train_names)
+    assert subset.class_names == train_names and subset.num_classes == 3
+    assert {y.shape[-1] for _, y in subset} == {3}  # one-hot depth: the model's classes
+    assert labels_by_file(subset) == {"a.png": 1, "b.png": 1, "c.jpg": 1, "d.jpg": 2, "e.jpeg": 2}
+    with pytest.raises(ValueError, match=r"\['cats', 'dogs'\].*\['horses', 'zebras'\]"):
+        data.from_directory(str(image_folder), image_size=8, class_names=["horses", "zebras"])
+    with pytest.raises(ValueError, match=r"\['dogs'\] that are not in class_names"):
+        data.from_directory(str(image_folder), image_size=8, class_names=["cats"])
+    with pytest.raises(ValueError, match="more than once"):
+        data.from_directory(str(image_folder), image_size=8, class_names=["cats", "dogs", "cats"])
+    with pytest.raises(ValueError, match="list of strings"):
+        data.from_directory(str(image_folder), image_size=8, class_names="cats")
+
+
+def test_bad_batch_size_and_unknown_options_fail_before_reading(image_folder):
+    images, labels = random_images(4, 8), np.zeros(4, int)
+    for batch_size in (0, -2, 2.0, True, None):
+        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+            data.from_directory(str(image_folder), image_size=8, batch_size=batch_size)
+        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+            data.from_arrays(images, labels, batch_size=batch_size)
+        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+            data.from_tfds("cifar10", batch_size=batch_size)
+    with pytest.raises(TypeError, match="'flipp'.*did you mean 'flip'"):
+        data.from_arrays(images, labels, flipp=False)
+    with pytest.raises(TypeError, match="'crop_area'"):
+        data.from_directory(str(image_folder), image_size=8, crop_area=(0.5, 1.0))
+
+
+def test_folder_formats_follow_image_extensions(image_folder):
+    """Every listed format is read, WebP with alpha too; what TensorFlow cannot decode, or decodes
+    differently from Pillow, is skipped with its reason."""
+    pixels = smooth_image(40, 40, 7)
+    Image.fromarray(pixels).save(image_folder / "cats" / "photo.webp", lossless=True)
+    Image.fromarray(pixels).save(image_folder / "cats" / "photo.bmp")
+    Image.fromarray(pixels).quantize(16).save(image_folder / "cats" / "palette.gif")
+    Image.fromarray(np.dstack([pixels, pixels[..., 0]]), "RGBA").save(
+        image_folder / "dogs" / "alpha.webp", lossless=True)
+    Image.fromarray(pixels).save(image_folder / "dogs" / "animated.webp", save_all=True,
+                                 append_images=[Image.fromarray(pixels[::-1])], lossless=True)
+    Image.fromarray(pixels).quantize(16).save(image_folder / "dogs" / "palette.bmp")
+    with pytest.warns(UserWarning, match="skipped 2 image files") as record:
+        dataset = data.from_directory(str(image_folder), image_size=8, batch_size=16)
+    message = str(record[0].message)
+    assert "animated.webp (animated WebP is not supported)" in message
+    assert "palette.bmp (TensorFlow and Pillow decode it differently" in message
+    added = ["photo.webp", "photo.bmp", "palette.gif", "alpha.webp"]
+    assert set(added) <= {os.path.basename(f) for f in dataset.file_paths}
+    [(images, _)] = batches(dataset)
+    assert len(images) == 9
+    for image, path in zip(images, dataset.file_paths):
+        if os.path.basename(path) in added:
+            reference = load_image(path, 8).astype("float32")
+            assert np.abs(image - reference).max() <= 2.0, path
+    for training in (False, True):  # the animated WebP fails safely in the pipeline too
+        unchecked = data.from_directory(str(image_folder), image_size=8, batch_size=16,
+                                        training=training, drop_remainder=False,
+                                        verify_files=False)
+        assert sum(len(y) for _, y in unchecked) == 10  # the palette BMP decodes, wrongly
 
 
 def constant_batch(n=8, size=16):

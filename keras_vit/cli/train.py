@@ -267,7 +267,8 @@ def run_train(args):
     except (ValueError, FileNotFoundError) as error:
         raise type(error)(f"{error}" + (" Built in: 'digits'." if args.dataset else "")) from None
     batches = int(train.cardinality())
-    if batches <= 0:  # unknown after filtering unreadable files: estimate from the examples
+    if batches <= 0:  # unknown (folders read with verify_files=False): from the examples; training
+        # pipelines drop the last partial batch, so the floor is exact
         if not train.cardinality_examples:
             raise ValueError("the number of training examples is unknown: pass --steps.")
         batches = max(1, train.cardinality_examples // batch_size)
