@@ -23,6 +23,9 @@ from keras_vit import training  # noqa: E402
 from keras_vit.models import (  # noqa: E402
     HYBRID_VARIANTS,
     VARIANTS,
+    DeiTB16,
+    DeiTS16,
+    DeiTTi16,
     R26ViTS32,
     R50ViTB16,
     R50ViTB32,

@@ -113,7 +113,8 @@ def fast_predictor(model, precision="auto", backend_hint=None):
     if not hasattr(model, "encoder_blocks"):
         raise ValueError(f"fast_predictor needs a keras_vit VisionTransformer, got {type(model).__name__}.")
     # The fused path implements the plain ViT; anything else runs the model's own layers.
-    if model.pooling == "map" or model.pooling is None or getattr(model, "backbone", None):
+    if (model.pooling == "map" or model.pooling is None or getattr(model, "backbone", None)
+            or getattr(model, "distilled", False)):
         forward, params = _policy_forward(model, precision)
     else:
         params = _fold_weights(model, precision)

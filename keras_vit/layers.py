@@ -211,6 +211,23 @@ class RegisterTokens(keras.layers.Layer):
         return config
 
 
+@register
+class DistillationToken(RegisterTokens):
+    """DeiT's distillation token (Touvron et al., 2020): one learned token after the class token.
+
+    Unlike register tokens it comes before the position embedding, which has an entry for it, as
+    in DeiT and timm; its output feeds the second head (`head_dist`).
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(num_registers=1, num_prefix_tokens=1, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["num_registers"], config["num_prefix_tokens"]
+        return config
+
+
 def resample_position_embeddings(embedding, old_grid, new_grid, num_prefix_tokens=1, method="bicubic",
                                  antialias=True):
     """Resamples a `(1, prefix + gh * gw, D)` position embedding onto `new_grid`, in NumPy.
@@ -600,21 +617,23 @@ class TransformerBlock(keras.layers.Layer):
 
 @register
 class TokenPooling(keras.layers.Layer):
-    """Pools the encoder output: `"token"` takes the class token, `"gap"` averages the patch tokens.
+    """Pools the encoder output: `"token"` takes the token at `token_index` (0: the class token;
+    1: DeiT's distillation token), `"gap"` averages the patch tokens.
 
-    `num_prefix_tokens` (class + register tokens) are left out of the average.
+    `num_prefix_tokens` (class, distillation and register tokens) are left out of the average.
     """
 
-    def __init__(self, mode="token", num_prefix_tokens=1, **kwargs):
+    def __init__(self, mode="token", num_prefix_tokens=1, token_index=0, **kwargs):
         super().__init__(**kwargs)
         if mode not in ("token", "gap"):
             raise ValueError(f"Unknown pooling mode {mode!r}: expected 'token' or 'gap'.")
         self.mode = mode
         self.num_prefix_tokens = int(num_prefix_tokens)
+        self.token_index = int(token_index)
 
     def call(self, x):
         if self.mode == "token":
-            return x[:, 0]
+            return x[:, self.token_index]
         return ops.mean(x[:, self.num_prefix_tokens :], axis=1)
 
     def compute_output_shape(self, input_shape):
@@ -622,7 +641,8 @@ class TokenPooling(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(mode=self.mode, num_prefix_tokens=self.num_prefix_tokens)
+        config.update(mode=self.mode, num_prefix_tokens=self.num_prefix_tokens,
+                      token_index=self.token_index)
         return config
 
 

@@ -69,6 +69,11 @@ class VisionTransformer(keras.Model):
     `class_token` -> `position_embedding` -> [`register_tokens`] -> `embedding_dropout` ->
     `encoderblock_0` ... `encoderblock_{L-1}` -> `encoder_norm` -> `pooling` | `map_head` ->
     [`pre_logits`] -> `head`. `get_config()` returns the constructor arguments.
+
+    A hybrid adds `backbone` (a ResNet) before `patch_embedding`. A distilled DeiT adds
+    `distillation_token` after `class_token`, and `distillation_pooling` -> `head_dist` beside
+    `pooling` -> `head`; its output, `distilled_logits`, is the mean of the two heads (DeiT's
+    inference), and both heads' logits stay reachable as those layers' outputs.
     """
 
     def __init__(self, image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads=12,
@@ -78,7 +83,7 @@ class VisionTransformer(keras.Model):
                  class_token=None, num_registers=0, layer_scale_init_value=None,
                  normalization_mean=GOOGLE_NORMALIZATION[0], normalization_std=GOOGLE_NORMALIZATION[1],
                  layer_norm_epsilon=L.LAYER_NORM_EPSILON, class_names=None, backbone=None,
-                 name=None, dtype=None, **kwargs):
+                 distilled=False, name=None, dtype=None, **kwargs):
         _check_keywords(kwargs, _MODEL_KEYWORDS, "VisionTransformer")
         image_size = L._pair(image_size, "image_size")
         patch_size = L._pair(patch_size, "patch_size")
@@ -95,8 +100,12 @@ class VisionTransformer(keras.Model):
         _validate(image_size, (patch_size[0] * stride, patch_size[1] * stride), hidden_size,
                   num_heads, pooling, include_top, num_classes, class_token, class_names,
                   dropout_rate, attention_dropout_rate, drop_path_rate)
+        if distilled and (pooling != "token" or representation_size):
+            raise ValueError(f"distilled=True (DeiT) pools the class and distillation tokens: it "
+                             f"needs pooling='token' and no representation_size, got "
+                             f"pooling={pooling!r}, representation_size={representation_size!r}.")
         grid = (image_size[0] // (patch_size[0] * stride), image_size[1] // (patch_size[1] * stride))
-        num_prefix = int(class_token)
+        num_prefix = int(class_token) + int(bool(distilled))
         policy = keras.dtype_policies.get(dtype) if dtype is not None else None
 
         images = keras.Input(shape=(image_size[0], image_size[1], 3), name="images")
@@ -110,6 +119,8 @@ class VisionTransformer(keras.Model):
         x = L.PatchEmbedding(patch_size, hidden_size, dtype=policy, name="patch_embedding")(x)
         if class_token:
             x = L.ClassToken(dtype=policy, name="class_token")(x)
+        if distilled:
+            x = L.DistillationToken(dtype=policy, name="distillation_token")(x)
         x = L.PositionEmbedding(grid, num_prefix, dtype=policy, name="position_embedding")(x)
         if num_registers:
             x = L.RegisterTokens(num_registers, num_prefix, dtype=policy,
@@ -121,8 +132,8 @@ class VisionTransformer(keras.Model):
             x = L.TransformerBlock(num_heads, mlp_dim, dropout_rate, attention_dropout_rate, rate,
                                    layer_scale_init_value, layer_norm_epsilon, dtype=policy,
                                    name=f"encoderblock_{i}")(x)
-        x = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy,
-                                            name="encoder_norm")(x)
+        x = tokens = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy,
+                                                     name="encoder_norm")(x)
         if pooling == "map":
             x = L.MAPHead(num_heads, mlp_dim, layer_norm_epsilon, dtype=policy, name="map_head")(x)
         elif pooling is not None:
@@ -133,8 +144,17 @@ class VisionTransformer(keras.Model):
         if include_top:
             # Logits in float32 under mixed precision, so the loss and softmax stay stable.
             head_policy = "float32" if _is_mixed(policy) else policy
-            x = keras.layers.Dense(num_classes, activation=classifier_activation,
+            x = keras.layers.Dense(num_classes, activation=None if distilled else classifier_activation,
                                    kernel_initializer="zeros", dtype=head_policy, name="head")(x)
+            if distilled:
+                distillation = L.TokenPooling("token", num_prefix + num_registers, token_index=1,
+                                              dtype=policy, name="distillation_pooling")(tokens)
+                distillation = keras.layers.Dense(num_classes, kernel_initializer="zeros",
+                                                  dtype=head_policy, name="head_dist")(distillation)
+                x = keras.layers.Average(dtype=head_policy, name="distilled_logits")([x, distillation])
+                if classifier_activation is not None:
+                    x = keras.layers.Activation(classifier_activation, dtype=head_policy,
+                                                name="predictions")(x)
         super().__init__(inputs=images, outputs=x, name=name or "vit", dtype=dtype, **kwargs)
 
         self.image_size = image_size
@@ -162,6 +182,7 @@ class VisionTransformer(keras.Model):
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.class_names = list(class_names) if class_names is not None else None
         self.backbone = backbone
+        self.distilled = bool(distilled)
 
     @property
     def encoder_blocks(self):
@@ -187,7 +208,7 @@ class VisionTransformer(keras.Model):
             "normalization_mean": self.normalization_mean,
             "normalization_std": self.normalization_std,
             "layer_norm_epsilon": self.layer_norm_epsilon, "class_names": self.class_names,
-            "backbone": self.backbone, "name": self.name, "trainable": self.trainable,
+            "backbone": self.backbone, "distilled": self.distilled, "name": self.name, "trainable": self.trainable,
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
         }
 
@@ -361,9 +382,11 @@ _VIT_KEYWORDS = tuple(p for p in inspect.signature(ViT).parameters if p != "kwar
     p for p in _MODEL_KEYWORDS if p not in inspect.signature(ViT).parameters)
 
 
-def _variant_builder(variant, function_name):
+def _variant_builder(variant, function_name, defaults=None):
+    """A builder with `variant`'s architecture fixed and `defaults` for the other arguments."""
     architecture = variant_config(variant)
     fixed = set(ARCHITECTURE_ARGS) | set(architecture)
+    defaults = {"name": function_name.lower(), **(defaults or {})}
 
     def builder(image_size=224, num_classes=1000, include_top=True, weights=None, **kwargs):
         _check_keywords(kwargs, _VIT_KEYWORDS, function_name)
@@ -373,10 +396,15 @@ def _variant_builder(variant, function_name):
                 f"{function_name} fixes {clash}; use keras_vit.ViT(...) for another architecture."
             )
         return ViT(image_size=image_size, num_classes=num_classes, include_top=include_top,
-                   weights=weights, **architecture, **{"name": function_name.lower(), **kwargs})
+                   weights=weights, **architecture, **{**defaults, **kwargs})
 
     builder.__name__ = builder.__qualname__ = function_name
-    if variant in HYBRID_VARIANTS:
+    if function_name.startswith("DeiT"):
+        patch, hidden, depth, heads, mlp = VARIANTS[variant]
+        summary = (f"DeiT-{variant} (Touvron et al., 2020): the ViT-{variant} architecture with "
+                   f"ImageNet mean/std inside the model; `distilled=True` adds the distillation "
+                   f"token and its head (the output is the mean of both heads).")
+    elif variant in HYBRID_VARIANTS:
         vit, block_units, patch = HYBRID_VARIANTS[variant]
         resnet_name = f"ResNet units {list(block_units)}" if block_units else "the ResNet root alone"
         summary = (f"Hybrid {variant}: {resnet_name} (stride {resnet.backbone_stride(block_units)}), "
@@ -407,11 +435,17 @@ R50ViTL16 = _variant_builder("R50+L/16", "R50ViTL16")
 R50ViTL32 = _variant_builder("R50+L/32", "R50ViTL32")
 R26ViTS32 = _variant_builder("R26+S/32", "R26ViTS32")
 RViTTi16 = _variant_builder("R+Ti/16", "RViTTi16")
+_DEIT = {"normalization_mean": IMAGENET_NORMALIZATION[0],
+         "normalization_std": IMAGENET_NORMALIZATION[1], "distilled": False}
+DeiTTi16 = _variant_builder("Ti/16", "DeiTTi16", _DEIT)
+DeiTS16 = _variant_builder("S/16", "DeiTS16", _DEIT)
+DeiTB16 = _variant_builder("B/16", "DeiTB16", _DEIT)
 VARIANT_BUILDERS = {
     "ViTTi16": ViTTi16, "ViTS16": ViTS16, "ViTS32": ViTS32, "ViTB8": ViTB8, "ViTB16": ViTB16,
     "ViTB32": ViTB32, "ViTL16": ViTL16, "ViTL32": ViTL32, "ViTH14": ViTH14,
     "R50ViTB16": R50ViTB16, "R50ViTB32": R50ViTB32, "R50ViTL16": R50ViTL16,
     "R50ViTL32": R50ViTL32, "R26ViTS32": R26ViTS32, "RViTTi16": RViTTi16,
+    "DeiTTi16": DeiTTi16, "DeiTS16": DeiTS16, "DeiTB16": DeiTB16,
 }
 
 

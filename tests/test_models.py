@@ -322,3 +322,109 @@ def test_hybrid_mixed_precision_and_fast_predictor():
     out = keras.ops.convert_to_numpy(mixed(images))
     assert out.dtype == np.float32 and np.all(np.isfinite(out))
     np.testing.assert_allclose(out, expected, atol=0.1)
+
+
+# ----------------------------------------------------------------------------- DeiT
+@pytest.mark.parametrize("name, expected", [("DeiTTi16", 5_910_800), ("DeiTS16", 22_436_432),
+                                            ("DeiTB16", 87_338_192)])
+def test_distilled_deit_parameter_counts_are_exact(name, expected):
+    # The plain ViT plus, by hand: the distillation token, its position entry, a second head.
+    width = {"DeiTTi16": 192, "DeiTS16": 384, "DeiTB16": 768}[name]
+    plain = OFFICIAL.get(name.replace("DeiT", "ViT")) or hand_count(*SIZES[name.replace("DeiT", "ViT")])
+    assert plain + width + width + width * 1000 + 1000 == expected
+    assert getattr(keras_vit, name)(distilled=True).count_params() == expected
+    assert getattr(keras_vit, name)().count_params() == plain
+
+
+def _hf_deit_state(hf_model):
+    return {k: v.detach().numpy().astype("float64") for k, v in hf_model.state_dict().items()}
+
+
+def _deit_weights_from_hf(model, state):
+    """The test's own mapping of transformers' DeiT names to ours (not the library's)."""
+    prefix = "deit."
+    values = {
+        "patch_embedding/projection/kernel":
+            state[prefix + "embeddings.patch_embeddings.projection.weight"].transpose(2, 3, 1, 0),
+        "patch_embedding/projection/bias": state[prefix + "embeddings.patch_embeddings.projection.bias"],
+        "class_token/token": state[prefix + "embeddings.cls_token"],
+        "position_embedding/embedding": state[prefix + "embeddings.position_embeddings"],
+        "encoder_norm/gamma": state[prefix + "layernorm.weight"],
+        "encoder_norm/beta": state[prefix + "layernorm.bias"],
+    }
+    values["distillation_token/tokens"] = state[prefix + "embeddings.distillation_token"]
+    values["head/kernel"] = state["cls_classifier.weight"].T
+    values["head/bias"] = state["cls_classifier.bias"]
+    values["head_dist/kernel"] = state["distillation_classifier.weight"].T
+    values["head_dist/bias"] = state["distillation_classifier.bias"]
+    for i in range(model.num_layers):  # transformers 5's module names
+        hf, ours = f"{prefix}layers.{i}.", f"encoderblock_{i}/"
+        values[ours + "attention/qkv/kernel"] = np.concatenate(
+            [state[hf + f"attention.{n}_proj.weight"].T for n in "qkv"], axis=1)
+        values[ours + "attention/qkv/bias"] = np.concatenate(
+            [state[hf + f"attention.{n}_proj.bias"] for n in "qkv"])
+        values[ours + "attention/proj/kernel"] = state[hf + "attention.o_proj.weight"].T
+        values[ours + "attention/proj/bias"] = state[hf + "attention.o_proj.bias"]
+        for norm, hf_norm in (("norm1", "layernorm_before"), ("norm2", "layernorm_after")):
+            values[ours + f"{norm}/gamma"] = state[hf + f"{hf_norm}.weight"]
+            values[ours + f"{norm}/beta"] = state[hf + f"{hf_norm}.bias"]
+        for fc in ("fc1", "fc2"):
+            values[ours + f"mlp/{fc}/kernel"] = state[hf + f"mlp.{fc}.weight"].T
+            values[ours + f"mlp/{fc}/bias"] = state[hf + f"mlp.{fc}.bias"]
+    assert sorted(values) == sorted(v.path for v in model.weights)
+    for variable in model.weights:
+        variable.assign(values[variable.path].astype("float32"))
+
+
+def test_distilled_deit_matches_transformers():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.DeiTConfig(image_size=32, patch_size=4, hidden_size=64,
+                                     num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=128, num_labels=10, layer_norm_eps=1e-12)
+    torch.manual_seed(0)
+    hf_model = transformers.DeiTForImageClassificationWithTeacher(config).eval()
+    with torch.no_grad():  # every tensor away from its init (zeros, ones) so nothing hides
+        for parameter in hf_model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    mean, std = keras_vit.models.IMAGENET_NORMALIZATION
+    model = keras_vit.ViT(image_size=32, patch_size=4, hidden_size=64, num_layers=2, num_heads=4,
+                          mlp_dim=128, num_classes=10, distilled=True, layer_norm_epsilon=1e-12,
+                          normalization_mean=mean, normalization_std=std)
+    _deit_weights_from_hf(model, _hf_deit_state(hf_model))
+    images = random_images(3, 32)
+    pixels = (images / 255.0 - np.array(mean)) / np.array(std)
+    with torch.no_grad():
+        expected = hf_model(torch.tensor(pixels.transpose(0, 3, 1, 2), dtype=torch.float32)).logits
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(images)), expected.numpy(), atol=1e-4)
+    # Both heads stay reachable, for training with a teacher.
+    heads = keras.Model(model.input, [model.get_layer("head").output,
+                                      model.get_layer("head_dist").output])
+    class_logits, distillation_logits = (keras.ops.convert_to_numpy(t) for t in heads(images))
+    hf_heads = hf_model(torch.tensor(pixels.transpose(0, 3, 1, 2), dtype=torch.float32))
+    np.testing.assert_allclose(class_logits, hf_heads.cls_logits.detach().numpy(), atol=1e-4)
+    np.testing.assert_allclose(distillation_logits,
+                               hf_heads.distillation_logits.detach().numpy(), atol=1e-4)
+
+
+def test_distilled_options_round_trip_and_refusals(tmp_path):
+    from keras_vit import inference
+
+    config = dict(image_size=32, patch_size=8, hidden_size=32, num_layers=1, num_heads=2,
+                  mlp_dim=32, num_classes=3, distilled=True)
+    model = randomize_weights(keras_vit.ViT(**config))
+    images = random_images(2, 32)
+    out = keras.ops.convert_to_numpy(model(images))
+    model.save(tmp_path / "deit.keras")
+    loaded = keras.models.load_model(tmp_path / "deit.keras")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(images)), out)
+    assert loaded.num_prefix_tokens == 2 and loaded.distilled
+    np.testing.assert_allclose(np.asarray(inference.fast_predictor(model, precision="float32")(images)),
+                               out, atol=1e-4)
+    softmax = keras_vit.ViT(**config, classifier_activation="softmax")
+    softmax.set_weights(model.get_weights())
+    probabilities = keras.ops.convert_to_numpy(softmax(images))
+    np.testing.assert_allclose(probabilities, np.exp(out) / np.exp(out).sum(-1, keepdims=True),
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="distilled=True.*pooling='token'"):
+        keras_vit.ViT(**{**config, "pooling": "gap"})
