@@ -25,6 +25,7 @@ import numpy as np
 from keras import ops
 
 from keras_vit import layers as L
+from keras_vit.fileio import atomic_path
 from keras_vit.images import load_image, load_images
 
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -398,12 +399,12 @@ def _save(figure, path):
     from PIL import Image
 
     path = os.fspath(path)
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
     figure.canvas.draw()
     pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3]
-    Image.fromarray(pixels).save(path, optimize=True)
+    # Written beside `path` and renamed over it: an interrupted run leaves the previous picture,
+    # never half of one. The temporary name keeps the extension, which tells Pillow the format.
+    with atomic_path(path, suffix=os.path.splitext(path)[1] or ".png") as temporary:
+        Image.fromarray(pixels).save(temporary, optimize=True)
     return path
 
 
@@ -622,9 +623,16 @@ def add_explain_arguments(parser):
 
 
 def run_explain(args):
-    from keras_vit.weights import load_model_or_checkpoint
+    from keras_vit.export import load_model
 
-    model = load_model_or_checkpoint(args.model)
+    # Arguments first: a bad one should not cost a model load and the attention maps.
+    if not 0.0 <= args.discard_ratio < 1.0:
+        raise ValueError(f"--discard-ratio must be in [0, 1), got {args.discard_ratio}.")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise NotADirectoryError(f"--output {args.output!r} is a file; expected a folder for the PNGs.")
+    model = load_model(args.model)
+    _check_vit(model)
+    _layer_index(args.layer, model.num_layers)
     images, _ = _image_batch(model, list(args.images))
     first = images[:1]
     written = [

@@ -14,14 +14,16 @@ names come from `--labels`, else the model (`class_names`, the SavedModel's stor
 import json
 import os
 import re
-import sys
+import warnings
 
 import numpy as np
 
+from keras_vit import export as export_lib
 from keras_vit import images as images_lib
 from keras_vit import labels as labels_lib
+from keras_vit.images import DEFAULT_CROP_PCT
 
-DEFAULT_CROP_PCT = 0.875
+BATCH_SIZE = 32  # images read and run at a time
 
 
 def find_saved_model(path):
@@ -57,21 +59,19 @@ class _Predictor:
         self.crop_pct = DEFAULT_CROP_PCT
         self.interpolation = "bicubic"
         if os.path.isdir(model_path):
-            self._load_saved_model(find_saved_model(model_path))
+            load, model_path = self._load_saved_model, find_saved_model(model_path)
         elif model_path.endswith(".tflite"):
-            self._load_tflite(model_path)
+            load = self._load_tflite
         elif model_path.endswith(".keras"):
-            self._load_keras(model_path)
+            load = self._load_keras
         else:
             raise ValueError(f"Unknown model format {model_path!r}: expected a .keras file, a "
                              f"SavedModel directory or a .tflite file.")
+        with export_lib.naming_load_errors(model_path):
+            load(model_path)
 
     def _load_keras(self, path):
-        import keras
-
-        import keras_vit  # noqa: F401  (registers the layers for deserialisation)
-
-        model = keras.saving.load_model(path, compile=False)
+        model = export_lib.load_model(path)
         self.image_size = tuple(model.input_shape[1:3])
         num_classes = model.output_shape[-1]
         self.crop_pct = getattr(model, "crop_pct", DEFAULT_CROP_PCT)
@@ -82,13 +82,16 @@ class _Predictor:
         import tensorflow as tf
 
         loaded = tf.saved_model.load(path)
-        signature = loaded.signatures["serving_default"]
+        signature = loaded.signatures.get("serving_default")
+        inputs = signature.structured_input_signature[1] if signature is not None else {}
+        if "images" not in inputs or "logits" not in signature.structured_outputs:
+            raise ValueError(f"{path!r} is not a keras_vit SavedModel: expected a serving_default "
+                             f"signature taking `images` and returning `logits`.")
         metadata = {}
         if os.path.isfile(os.path.join(path, "metadata.json")):
             with open(os.path.join(path, "metadata.json"), encoding="utf-8") as f:
                 metadata = json.load(f)
-        spec = signature.structured_input_signature[1]["images"]
-        self.image_size = tuple(spec.shape[1:3])
+        self.image_size = tuple(inputs["images"].shape[1:3])
         preprocessing = metadata.get("preprocessing", {})
         self.crop_pct = preprocessing.get("crop_pct", DEFAULT_CROP_PCT)
         self.interpolation = preprocessing.get("interpolation", "bicubic")
@@ -101,13 +104,11 @@ class _Predictor:
     def _load_tflite(self, path):
         from ai_edge_litert.interpreter import Interpreter
 
-        from keras_vit import export
-
         interpreter = Interpreter(model_path=path)
         self.image_size = tuple(int(d) for d in interpreter.get_input_details()[0]["shape"][1:3])
         num_classes = int(interpreter.get_output_details()[0]["shape"][-1])
         self.labels = _default_labels(num_classes)
-        self._logits = lambda x: export.run_tflite(path, x)
+        self._logits = lambda x: export_lib.run_tflite(path, x)
 
     def probabilities(self, images):
         logits = self._logits(np.asarray(images, dtype="float32")).astype("float64")
@@ -118,25 +119,30 @@ class _Predictor:
 
 def predict_top_k(model_path, image_paths, top_k=5, labels=None):
     """`[[(label, class index, probability), ...] per image]`, best first."""
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
+    if isinstance(image_paths, (str, os.PathLike)):
+        image_paths = [image_paths]
+    image_paths = [os.fspath(p) for p in image_paths]
+    if not image_paths:
+        raise ValueError("No image paths given.")
     predictor = _Predictor(os.fspath(model_path))
     if labels is not None:
         names = labels_lib.read_class_names(labels) if isinstance(labels, (str, os.PathLike)) else list(labels)
         if len(names) != len(predictor.labels):
             raise ValueError(f"{len(names)} labels given for a model with {len(predictor.labels)} classes.")
         predictor.labels = names
-    if isinstance(image_paths, (str, os.PathLike)):
-        image_paths = [image_paths]
-    if not image_paths:
-        raise ValueError("No image paths given.")
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}.")
-    batch = images_lib.load_images([os.fspath(p) for p in image_paths], predictor.image_size,
-                                   predictor.crop_pct, predictor.interpolation)
-    probabilities = predictor.probabilities(batch)
+    if top_k > len(predictor.labels):
+        warnings.warn(f"top_k={top_k} is more than the model's {len(predictor.labels)} classes: "
+                      f"giving all {len(predictor.labels)}.", stacklevel=2)
     results = []
-    for row in probabilities:
-        best = np.argsort(-row, kind="stable")[:top_k]
-        results.append([(predictor.labels[i], int(i), float(row[i])) for i in best])
+    # In batches: a long list of files is never all in memory, nor one huge model call.
+    for start in range(0, len(image_paths), BATCH_SIZE):
+        batch = images_lib.load_images(image_paths[start:start + BATCH_SIZE], predictor.image_size,
+                                       predictor.crop_pct, predictor.interpolation)
+        for row in predictor.probabilities(batch):
+            best = np.argsort(-row, kind="stable")[:top_k]
+            results.append([(predictor.labels[i], int(i), float(row[i])) for i in best])
     return results
 
 
@@ -167,11 +173,7 @@ def add_predict_arguments(parser):
 
 
 def run_predict(args):
-    try:
-        results = predict_top_k(args.model, args.images, args.top_k, args.labels)
-    except (FileNotFoundError, ValueError, KeyError) as error:
-        print(f"keras-vit predict: error: {error}", file=sys.stderr)
-        return 1
+    results = predict_top_k(args.model, args.images, args.top_k, args.labels)
     if args.json:
         print(json.dumps([
             {"image": path, "predictions": [{"label": label, "index": index, "probability": p}

@@ -11,10 +11,12 @@ import keras
 import numpy as np
 import pytest
 from conftest import REPO, SHARED_DATA, TINY, random_images, randomize_weights
+from test_export import assert_cli_error, assert_usage_error
 from PIL import Image
 
 import keras_vit
 from keras_vit import explain
+from keras_vit.images import load_image
 
 # ----------------------------------------------------------------------------------------------
 # Rollout on constructed attention (2x2 grid, one class token: T = 5)
@@ -285,6 +287,65 @@ def test_cli_explain_writes_the_pngs(tmp_path, capsys):
     for name in names:
         with Image.open(output / name) as picture:
             assert picture.format == "PNG"
+
+
+def test_cli_explain_errors_are_one_line(tmp_path, capsys):
+    model = str(tmp_path / "tiny.keras")
+    randomize_weights(keras_vit.ViT(**TINY)).save(model)
+    photo = str(tmp_path / "photo.png")
+    Image.fromarray(random_images(1, 40)[0]).save(photo)
+    (tmp_path / "notes.png").write_text("not a picture")
+    (tmp_path / "junk.keras").write_text("not a zip")
+    (tmp_path / "file").write_text("x")
+    dense = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    dense.save(tmp_path / "dense.keras")
+    out = ["--output", str(tmp_path / "out")]
+    assert_usage_error(capsys, ["explain", model, photo, "--head-fusion", "median"], "'median'")
+    assert_usage_error(capsys, ["explain", model, photo, "--layer", "last"], "invalid int value")
+    for argv, pattern in [
+        (["explain", model, str(tmp_path / "missing.png"), *out], "missing.png"),
+        (["explain", model, photo, str(tmp_path / "notes.png"), *out], "notes.png.* not a readable image"),
+        (["explain", str(tmp_path / "missing.keras"), photo, *out], "No model at .*missing.keras"),
+        (["explain", str(tmp_path / "junk.keras"), photo, *out], "junk.keras"),
+        (["explain", str(tmp_path / "file"), photo, *out], "not a checkpoint"),
+        (["explain", str(tmp_path / "dense.keras"), photo, *out], "needs a keras_vit VisionTransformer"),
+        (["explain", model, photo, "--layer", "2", *out], r"layer 2 does not exist: the model has 2 blocks"),
+        (["explain", model, photo, "--layer", "-3", *out], "layer -3 does not exist"),
+        (["explain", model, photo, "--discard-ratio", "1", *out],
+         r"--discard-ratio must be in \[0, 1\), got 1.0"),
+        (["explain", model, photo, "--discard-ratio", "-0.1", *out], "got -0.1"),
+        (["explain", model, photo, "--discard-ratio", "nan", *out], "got nan"),
+        (["explain", model, photo, "--output", str(tmp_path / "file")], "is a file"),
+    ]:
+        assert_cli_error(capsys, argv, pattern)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_pictures_replace_old_ones_whole(rectangular_model, tmp_path, monkeypatch):
+    path = tmp_path / "filters.png"
+    path.write_bytes(b"the previous picture")
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        explain.plot_position_similarity(rectangular_model, path)
+    assert path.read_bytes() == b"the previous picture" and os.listdir(tmp_path) == ["filters.png"]
+    monkeypatch.undo()
+    explain.plot_position_similarity(rectangular_model, path)
+    with Image.open(path) as picture:
+        assert picture.format == "PNG"
+    assert os.listdir(tmp_path) == ["filters.png"]
+
+
+def test_explain_reads_files_with_load_image(tmp_path):
+    # One decode path: a 16-bit grey PNG gives explain the pixels images.load_image gives.
+    model = randomize_weights(keras_vit.ViT(**TINY), scale=0.1)
+    path = str(tmp_path / "grey16.png")
+    Image.fromarray((np.arange(40 * 48).reshape(40, 48) * 34).astype("uint16")).save(path)
+    np.testing.assert_array_equal(explain.attention_maps(model, path),
+                                  explain.attention_maps(model, load_image(path, 32)))
 
 
 @pytest.mark.slow

@@ -3,9 +3,13 @@
 import io
 import json
 import os
+import re
+import resource
+import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import keras
 import numpy as np
@@ -15,7 +19,7 @@ from PIL import Image
 
 import keras_vit
 from keras_vit import export
-from keras_vit.images import load_image
+from keras_vit.images import load_image, read_image
 
 from conftest import TINY, random_images, randomize_weights
 
@@ -32,6 +36,11 @@ def tiny_model():
 def exported(tiny_model, tmp_path_factory):
     base = tmp_path_factory.mktemp("saved") / "vit"
     return str(base), export.saved_model(tiny_model, str(base), labels=LABELS, source="ckpt.npz")
+
+
+@pytest.fixture(scope="module")
+def bytes_signature(exported):
+    return tf.saved_model.load(exported[1]).signatures["serve_image_bytes"]
 
 
 def _png_bytes(array):
@@ -153,7 +162,7 @@ def test_bytes_preprocessing_matches_load_image_pixels(tmp_path):
     path = str(tmp_path / "smooth.png")
     Image.fromarray(array).save(path)
     for crop_pct in (0.875, 1.0):
-        ours = export._decode_and_crop(tf.constant(open(path, "rb").read()), 32, 32, crop_pct, "bicubic")
+        ours = export._resize_and_crop(tf.io.decode_png(open(path, "rb").read()), 32, 32, crop_pct, "bicubic")
         reference = load_image(path, 32, crop_pct=crop_pct).astype("float32")
         assert np.abs(ours.numpy() - reference).mean() < 1.0
 
@@ -172,21 +181,209 @@ def test_bad_image_requests_raise_clear_errors(exported, bad, message):
         signature(images=tf.constant(bad))
 
 
-@pytest.mark.parametrize("bad, message", [
-    ([b"not an image at all"], "JPEG, PNG, GIF or BMP"),
-    ([_png_bytes(np.zeros((8, 8, 3), "uint8"))[:40]], "PNG"),
+def _encoded(array, fmt, **options):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def _blank_png(width, height):
+    """A valid, all-black 8-bit grey PNG written with zlib: 23000x23000 (just under TF's own PNG
+    limit of 2^29 pixels) takes 0.5 MB on disk and 1.6 GB decoded as RGB."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    compressor = zlib.compressobj(9)
+    rows = [compressor.compress(b"\0" * ((width + 1) * 1000)) for _ in range(height // 1000)]
+    rows += [compressor.compress(b"\0" * ((width + 1) * (height % 1000))), compressor.flush()]
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(rows))
+            + chunk(b"IEND", b""))
+
+
+def _many_frame_gif(frames, size):
+    """A GIF whose one blank size x size frame is repeated `frames` times (4 KB a frame)."""
+    data = _encoded(np.zeros((size, size), "uint8"), "GIF")
+    blocks = 13 + (3 * 2 ** ((data[10] & 7) + 1) if data[10] & 0x80 else 0)  # after the colour table
+    return data[:blocks] + data[blocks:-1] * frames + b";"
+
+
+def _max_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+GOOD_PNG = _png_bytes(np.full((40, 50, 3), 7, "uint8"))
+GOOD_JPEG = _encoded(np.full((40, 50, 3), 7, "uint8"), "JPEG")
+GOOD_GIF = _encoded(np.full((40, 50, 3), 7, "uint8"), "GIF")
+
+
+BAD_BYTES_REQUESTS = [
+    ([b"not an image at all"], "image 0 of the batch is not an encoded JPEG / PNG"),
+    ([GOOD_PNG, b"II*\0" + bytes(100)], "image 1 of the batch is not an encoded"),  # TIFF
+    ([GOOD_PNG, b"\xff\x0a" + bytes(100)], "image 1 of the batch is not an encoded"),  # JPEG XL
+    ([GOOD_PNG, GOOD_PNG, GOOD_PNG[:40]], "image 2 of the batch could not be decoded as PNG"),
+    ([GOOD_PNG[:20], GOOD_PNG], "image 0 of the batch could not be decoded as PNG"),  # no IHDR
+    ([GOOD_PNG, GOOD_JPEG[:120]], "image 1 of the batch could not be decoded as JPEG"),
+    ([GOOD_PNG, GOOD_JPEG[:4]], "image 1 of the batch could not be decoded as JPEG"),
+    ([GOOD_GIF[:-30], GOOD_PNG], "image 0 of the batch could not be decoded as GIF"),
+    ([GOOD_GIF[:11]], "image 0 of the batch could not be decoded as GIF"),
+    ([GOOD_PNG, b"BM" + bytes(10)], "image 1 of the batch could not be decoded as BMP"),
+    ([GOOD_PNG, b"RIFF\0\0\0\0WEBPVP8 "], "image 1 of the batch could not be decoded as WebP"),
     ([], "empty batch"),
-])
-def test_bad_bytes_requests_raise_clear_errors(exported, bad, message):
-    signature = tf.saved_model.load(exported[1]).signatures["serve_image_bytes"]
-    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-        signature(image_bytes=tf.constant(bad, tf.string))
+]
+
+
+def test_bad_bytes_requests_raise_clear_errors(bytes_signature):
+    # One test, not one per case: each test's random-seed reset makes TF rebuild the signature's
+    # functions (about a second), which a server does once.
+    for bad, message in BAD_BYTES_REQUESTS:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            bytes_signature(image_bytes=tf.constant(bad, tf.string))
+
+
+def test_serving_refuses_a_decompression_bomb_before_decoding(bytes_signature):
+    bomb = _blank_png(23000, 23000)
+    assert len(bomb) < 1_000_000
+    with pytest.raises(Image.DecompressionBombError, match="529000000 pixels"):  # Pillow agrees
+        Image.open(io.BytesIO(bomb))
+    signature = bytes_signature
+    signature(image_bytes=tf.constant([GOOD_PNG]))  # traced and warm: growth below is the bomb's
+    before = _max_rss_mb()
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"image 2 of the batch declares 23000x23000 = 529000000 pixels, over "
+                             r"the serving limit of 50000000 pixels \(max_pixels"):
+        signature(image_bytes=tf.constant([GOOD_PNG, GOOD_PNG, bomb]))
+    assert _max_rss_mb() - before < 500  # decoding it takes 1.6 GB
+
+
+@pytest.fixture(scope="module")
+def limited(tiny_model, tmp_path_factory):
+    """The tiny model exported with max_pixels=2000: 50x40 images pass, 50x41 do not."""
+    path = export.saved_model(tiny_model, str(tmp_path_factory.mktemp("limited") / "vit"), max_pixels=2000)
+    return tf.saved_model.load(path).signatures["serve_image_bytes"]
+
+
+def test_max_pixels_reads_the_size_of_every_format(limited):
+    def encoded(height, fmt, mode, **options):
+        image = Image.fromarray(random_images(1, (height, 50), seed=height)[0]).convert(mode)
+        buffer = io.BytesIO()
+        image.save(buffer, fmt, **options)
+        return buffer.getvalue()
+
+    for fmt, options, mode in [
+        ("PNG", {}, "RGB"), ("PNG", {}, "I;16"), ("JPEG", {}, "RGB"), ("JPEG", {"progressive": True}, "L"),
+        ("GIF", {}, "RGB"), ("BMP", {}, "RGB"), ("WEBP", {"lossless": True}, "RGB"),
+        ("WEBP", {"quality": 80}, "RGB"), ("WEBP", {"quality": 80}, "RGBA"),
+    ]:
+        fits, over = encoded(40, fmt, mode, **options), encoded(41, fmt, mode, **options)
+        assert limited(image_bytes=tf.constant([fits]))["logits"].shape == (1, 10)
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=r"image 1 of the batch declares 50x41 = 2050 pixels, over the "
+                                 r"serving limit of 2000 pixels"):
+            limited(image_bytes=tf.constant([fits, over]))
+
+
+def test_gif_frame_larger_than_its_canvas_is_refused(limited):
+    data = bytearray(_encoded(np.zeros((10, 10), "uint8"), "GIF"))
+    descriptor = data.index(b"\x2c\x00\x00\x00\x00")  # image separator, left 0, top 0
+    data[descriptor + 5:descriptor + 9] = struct.pack("<HH", 60000, 60000)  # frame width, height
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image 0 .* 60000x60000 = 3600000000"):
+        limited(image_bytes=tf.constant([bytes(data)]))
+
+
+def test_animated_gif_decodes_its_first_frame_only(bytes_signature):
+    signature = bytes_signature
+    first, second = random_images(2, (36, 44), seed=8)
+    frames = [Image.fromarray(first), Image.fromarray(second)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    out = signature(image_bytes=tf.constant([buffer.getvalue(), _encoded(first, "GIF")]))["logits"]
+    np.testing.assert_allclose(out[0], out[1], atol=1e-5)
+    # 500 frames of 2000x2000 in 2 MB: TF's decoder reads every frame it is given (2 GB).
+    bomb = _many_frame_gif(500, 2000)
+    assert len(bomb) < 3_000_000 and Image.open(io.BytesIO(bomb)).n_frames == 500
+    before = _max_rss_mb()
+    signature(image_bytes=tf.constant([bomb]))
+    assert _max_rss_mb() - before < 500
+
+
+def test_animated_webp_is_refused_without_crashing(bytes_signature):
+    # Decoded with the file's channels, TF aborts the process on it ("corrupted double-linked list").
+    frames = [Image.new("RGB", (30, 20), (i * 60, 0, 0)) for i in range(3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="image 1 of the batch could not be decoded as WebP"):
+        bytes_signature(image_bytes=tf.constant([GOOD_PNG, buffer.getvalue()]))
+
+
+def test_serving_decodes_every_format_of_the_shared_list_like_load_image(tmp_path):
+    # Every extension folders and predict read is one the signature reads, and no other.
+    assert export.serving_formats() == ["JPEG", "PNG", "BMP", "GIF", "WebP"]
+    with pytest.raises(ValueError, match=r"\.tiff"):
+        export.serving_formats([".png", ".tiff"])
+    y, x = np.mgrid[0:45, 0:60]
+    smooth = np.stack([x * 4, y * 5, (x + y) * 2], -1).clip(0, 255).astype("uint8")
+    rgba = np.concatenate([smooth, np.full((45, 60, 1), 128, "uint8")], -1)
+    cases = [("png", smooth, {}), ("png", (smooth[..., 0].astype("uint16") * 257), {}),
+             ("bmp", smooth, {}), ("bmp", rgba, {}), ("bmp", smooth[..., 0], {}), ("gif", smooth[..., 0], {}),
+             ("webp", smooth, {"lossless": True}), ("webp", rgba, {"lossless": True}),
+             ("jpg", smooth, {"quality": 95}), ("jpg", smooth[..., 1], {"quality": 95})]
+    paths = [str(tmp_path / f"{i}.{extension}") for i, (extension, _, _) in enumerate(cases)]
+    for path, (_, array, options) in zip(paths, cases):
+        Image.fromarray(array).save(path, **options)
+    # At the images' own size the resize is the identity: the decoded pixels themselves, which
+    # must be Pillow's (images.read_image) exactly.
+    decode = tf.function(lambda data: export._decode_batch(data, 45, 60, 1.0, "bicubic", 10 ** 6))
+    ours = decode(tf.constant([open(path, "rb").read() for path in paths])).numpy()
+    for image, path in zip(ours, paths):
+        np.testing.assert_array_equal(image, read_image(path), err_msg=path)
+    # A palette BMP: TF would give the palette indices as grey levels, a wrong picture.
+    palette = str(tmp_path / "palette.bmp")
+    Image.fromarray(smooth).convert("P").save(palette)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="image 1 of the batch could not be decoded as BMP"):
+        decode(tf.constant([open(paths[0], "rb").read(), open(palette, "rb").read()]))
 
 
 def test_export_needs_tensorflow_backend(tiny_model, monkeypatch, tmp_path):
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     with pytest.raises(RuntimeError, match="KERAS_BACKEND=tensorflow"):
         export.saved_model(tiny_model, str(tmp_path / "x"))
+
+
+def test_saved_model_version_appears_whole_or_not_at_all(tiny_model, tmp_path, monkeypatch):
+    base = tmp_path / "vit"
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # killed halfway through writing
+
+    monkeypatch.setattr(tf.saved_model, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export.saved_model(tiny_model, str(base))
+    assert os.listdir(base) == []  # no version, no staging directory
+    monkeypatch.undo()
+    path = export.saved_model(tiny_model, str(base), max_pixels=1234)
+    assert os.stat(path).st_mode & 0o777 == 0o755  # readable by a server running as another user
+    assert json.load(open(os.path.join(path, "metadata.json")))["preprocessing"]["max_pixels"] == 1234
+
+
+def test_saved_model_bad_arguments(tiny_model, tmp_path):
+    base = str(tmp_path / "vit")
+    for kwargs, message in [(dict(max_pixels=0), "max_pixels must be a positive integer, got 0"),
+                            (dict(max_pixels=2.5), "max_pixels"), (dict(crop_pct=1.5), "crop_pct"),
+                            (dict(top_k=0), "top_k"), (dict(version=-1), "version"),
+                            (dict(version="2"), "version"), (dict(interpolation="area"), "area")]:
+        with pytest.raises(ValueError, match=message):
+            export.saved_model(tiny_model, base, **kwargs)
+    with pytest.raises(TypeError, match="maxpixels"):
+        export.saved_model(tiny_model, base, maxpixels=10)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        export.saved_model(tiny_model, str(tmp_path / "file"))
+    with pytest.warns(UserWarning, match="top_k=20 is more than the model's 10 classes"):
+        path = export.saved_model(tiny_model, base, top_k=20)
+    assert json.load(open(os.path.join(path, "metadata.json")))["top_k"] == 10
 
 
 def test_feature_extractor_and_label_count_are_rejected(tiny_model, tmp_path):
@@ -232,23 +429,61 @@ def test_tflite_modes_against_keras(tiny_model, tmp_path, quantization, atol):
 
 
 def test_tflite_sizes_shrink_with_quantization(tiny_model, tmp_path):
-    sizes = {q: export.tflite(tiny_model, str(tmp_path / f"{q}.tflite"), quantization=q,
-                              verbose=False)["size_bytes"] for q in (None, "float16", "dynamic")}
+    with pytest.warns(UserWarning, match="random-noise"):
+        sizes = {q: export.tflite(tiny_model, str(tmp_path / f"{q}.tflite"), quantization=q,
+                                  verbose=False)["size_bytes"] for q in (None, "float16", "dynamic")}
     assert sizes[None] > sizes["float16"] > sizes["dynamic"]
     n_params = tiny_model.count_params()
     assert sizes[None] > 4 * n_params and sizes["float16"] < 3 * n_params
 
 
-def test_tflite_accuracy_gate_raises_and_removes_file(tiny_model, tmp_path):
-    path = str(tmp_path / "gate.tflite")
-    with pytest.raises(export.ExportAccuracyError, match="top-1") as info:
-        export.tflite(tiny_model, path, quantization="dynamic", min_top1_agreement=1.01, verbose=False)
-    assert info.value.report["quantization"] == "dynamic"
-    assert not os.path.exists(path)
+def _disagreeing_tflite(model):
+    """A stand-in for `export.run_tflite` whose logits are the Keras model's negated: every
+    top-1 class differs (as from a broken quantisation)."""
+    return lambda content, images: -model.predict(np.asarray(images, "float32"), verbose=0)
+
+
+def test_tflite_accuracy_gate_on_real_images_keeps_the_previous_file(tiny_model, tmp_path, monkeypatch):
+    path = tmp_path / "gate.tflite"
+    path.write_bytes(b"the previous, good export")
+    monkeypatch.setattr(export, "run_tflite", _disagreeing_tflite(tiny_model))
+    with pytest.raises(export.ExportAccuracyError, match="top-1.*existing .*gate.tflite was left") as info:
+        export.tflite(tiny_model, str(path), quantization="dynamic",
+                      evaluation_data=random_images(8, 32, seed=2), verbose=False)
+    assert info.value.report["top1_agreement"] == 0.0 and info.value.report["evaluated_on"] == "images"
+    assert path.read_bytes() == b"the previous, good export"
+    assert os.listdir(tmp_path) == ["gate.tflite"]  # no temporary file left
+    with pytest.raises(export.ExportAccuracyError, match="nothing was written"):
+        export.tflite(tiny_model, str(tmp_path / "new.tflite"), calibration_data=random_images(4, 32),
+                      verbose=False)
+    assert os.listdir(tmp_path) == ["gate.tflite"]
+
+
+def test_tflite_agreement_on_noise_warns_and_keeps_the_file(tiny_model, tmp_path, monkeypatch):
+    # Without images the check runs on noise: it is reported and warned about, never enforced.
+    monkeypatch.setattr(export, "run_tflite", _disagreeing_tflite(tiny_model))
+    path = str(tmp_path / "noise.tflite")
+    with pytest.warns(UserWarning, match=r"random-noise images only \(top-1 agreement 0\.0%"):
+        report = export.tflite(tiny_model, path, quantization="dynamic", verbose=False)
+    assert report["evaluated_on"] == "random noise" and report["top1_agreement"] == 0.0
+    assert os.path.getsize(path) == report["size_bytes"] > 0
+
+
+def test_tflite_bad_arguments(tiny_model, tmp_path):
+    path = str(tmp_path / "x.tflite")
     with pytest.raises(ValueError, match="calibration_data"):
         export.tflite(tiny_model, path, quantization="int8")
     with pytest.raises(ValueError, match="Unknown quantization"):
         export.tflite(tiny_model, path, quantization="int4")
+    with pytest.raises(ValueError, match=r"min_top1_agreement must be a fraction in \[0, 1\], got 1.01"):
+        export.tflite(tiny_model, path, min_top1_agreement=1.01)
+    with pytest.raises(ValueError, match="crop_pct"):
+        export.tflite(tiny_model, path, crop_pct=0.0)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        export.tflite(tiny_model, str(tmp_path))
+    with pytest.raises(TypeError, match="quantisation"):
+        export.tflite(tiny_model, path, quantisation="int8")
+    assert os.listdir(tmp_path) == []
 
 
 def test_calibration_data_forms_agree(tmp_path):
@@ -258,7 +493,8 @@ def test_calibration_data_forms_agree(tmp_path):
     for i, image in enumerate(images):
         Image.fromarray(image).save(folder / f"{i}.png")
     (folder / "notes.txt").write_text("not an image")
-    from_folder = export.calibration_images(str(folder), (32, 32), crop_pct=1.0)
+    with pytest.warns(UserWarning, match=r"skipped 1 entries .*notes\.txt"):
+        from_folder = export.calibration_images(str(folder), (32, 32), crop_pct=1.0)
     np.testing.assert_array_equal(from_folder, images.astype("float32"))
     labels = np.arange(5)
     batched = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
@@ -272,7 +508,7 @@ def test_calibration_data_forms_agree(tmp_path):
         export.calibration_images(str(tmp_path / "missing"), (32, 32))
 
 
-def test_cli_export_saved_model_and_tflite(tiny_model, tmp_path, monkeypatch):
+def test_cli_export_saved_model_and_tflite(tiny_model, tmp_path, monkeypatch, capsys):
     from keras_vit import cli
 
     model_path = str(tmp_path / "model.keras")
@@ -284,7 +520,8 @@ def test_cli_export_saved_model_and_tflite(tiny_model, tmp_path, monkeypatch):
                      "--labels", str(labels)]) == 0
     metadata = json.load(open(os.path.join(base, "1", "metadata.json")))
     assert metadata["labels"] == LABELS and metadata["source"] == model_path
-    assert cli.main(["export", model_path, "--output", base, "--version", "1"]) == 1  # exists
+    assert cli.main(["export", model_path, "--output", base, "--version", "1"]) == 2  # exists
+    assert "already exists" in "".join(capsys.readouterr())
     folder = tmp_path / "photos"
     folder.mkdir()
     for i, image in enumerate(random_images(4, 40, seed=9)):
@@ -293,7 +530,69 @@ def test_cli_export_saved_model_and_tflite(tiny_model, tmp_path, monkeypatch):
     assert cli.main(["export", model_path, "--format", "tflite", "--quantize", "int8",
                      "--calibration-data", str(folder)]) == 0
     assert os.path.isfile(tmp_path / "saved_models" / f"{tiny_model.name}_int8.tflite")
-    assert cli.main(["export", str(tmp_path / "missing.keras")]) == 1
+    assert cli.main(["export", model_path, "--output", base, "--max-pixels", "2000"]) == 0
+    assert json.load(open(os.path.join(base, "2", "metadata.json")))["preprocessing"]["max_pixels"] == 2000
+
+
+def assert_cli_error(capsys, argv, pattern):
+    """`keras-vit ARGV` exits with status 2 and prints one line `error: ...` matching `pattern`."""
+    from keras_vit import cli
+
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in (captured.err + captured.out).splitlines() if line.strip()]
+    assert len(lines) == 1 and "error: " in lines[0], lines
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def assert_usage_error(capsys, argv, pattern):
+    """argparse's own errors: `keras-vit COMMAND: error: ...`, status 2."""
+    from keras_vit import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"keras-vit {argv[0]}: error: ") and re.search(pattern, last), last
+
+
+def test_cli_export_errors_are_one_line(tiny_model, tmp_path, capsys):
+    model = str(tmp_path / "model.keras")
+    tiny_model.save(model)
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "junk.keras").write_text("not a zip")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "empty.keras", "w") as archive:
+        archive.writestr("other.txt", "no config.json")
+    out = str(tmp_path / "out")
+    assert_usage_error(capsys, ["export", model, "--format", "onnx"], "invalid choice: 'onnx'")
+    assert_usage_error(capsys, ["export", model, "--format", "tflite", "--quantize", "int4"], "'int4'")
+    assert_usage_error(capsys, ["export", model, "--max-pixels", "many"], "invalid int value")
+    for argv, pattern in [
+        (["export", str(tmp_path / "missing.keras")], "No model at .*missing.keras"),
+        (["export", str(tmp_path / "junk.keras"), "--output", out], "junk.keras"),
+        (["export", str(tmp_path / "empty.keras"), "--output", out],
+         "(load|read).*empty.keras"),
+        (["export", str(tmp_path / "file"), "--output", out], "not a checkpoint"),
+        (["export", model, "--output", str(tmp_path / "file")], "is a file"),
+        (["export", model, "--format", "tflite", "--output", str(tmp_path)], "is a directory"),
+        (["export", model, "--output", out, "--crop-pct", "0"], r"crop_pct must be a number in \(0, 1\]"),
+        (["export", model, "--output", out, "--crop-pct", "1.5"], "got 1.5"),
+        (["export", model, "--output", out, "--max-pixels", "0"],
+         "max_pixels must be a positive integer, got 0"),
+        (["export", model, "--output", out, "--max-pixels", "-5"], "got -5"),
+        (["export", model, "--output", out, "--top-k", "0"], "top_k"),
+        (["export", model, "--format", "tflite", "--max-pixels", "10"],
+         "--max-pixels only apply to --format saved_model"),
+        (["export", model, "--quantize", "int8"], "--quantize only apply to --format tflite"),
+        (["export", model, "--format", "tflite", "--output", str(tmp_path / "x.tflite"),
+          "--min-top1-agreement", "2"], "min_top1_agreement"),
+        (["export", model, "--format", "tflite", "--output", str(tmp_path / "x.tflite"),
+          "--calibration-data", str(tmp_path / "nowhere")], "nowhere.*not a folder"),
+    ]:
+        assert_cli_error(capsys, argv, pattern)
+    assert not os.path.exists(out) and not os.path.exists(tmp_path / "x.tflite")
 
 
 @pytest.mark.slow
@@ -323,6 +622,12 @@ def test_deit_tiny_saved_model_and_float16_keep_top1(shared_data, tmp_path):
                            evaluation_data=pixels, verbose=False)
     np.testing.assert_array_equal(_litert_logits(report["path"], pixels).argmax(-1), keras_top1)
     assert report["top1_agreement"] == 1.0
+    # Without images the check runs on noise (about 78% agreement for "dynamic" here): a warning,
+    # not an error that deletes a good file.
+    with pytest.warns(UserWarning, match="random-noise"):
+        report = export.tflite(model, str(tmp_path / "deit_dynamic.tflite"), quantization="dynamic",
+                               verbose=False)
+    assert os.path.getsize(report["path"]) == report["size_bytes"]
 
 
 def test_serving_client_requests_run_against_the_signatures(tiny_model, exported, tmp_path, capsys):

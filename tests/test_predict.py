@@ -14,6 +14,7 @@ from keras_vit.images import load_image
 from keras_vit.labels import imagenet_class_names
 
 from conftest import TINY, random_images, randomize_weights
+from test_export import assert_cli_error, assert_usage_error
 
 NAMES = [f"name_{i}" for i in range(TINY["num_classes"])]
 
@@ -49,7 +50,7 @@ def test_predict_keras_saved_model_and_tflite(setup):
     root, model = setup["root"], setup["model"]
     export.saved_model(model, str(root / "served"))
     tflite_path = str(root / "vit.tflite")
-    export.tflite(model, tflite_path, verbose=False)
+    export.tflite(model, tflite_path, evaluation_data=random_images(4, 32), verbose=False)
     expected = _expected(setup["probabilities"], NAMES)
     _assert_close(predict.predict(str(root / "model.keras"), setup["photos"]), expected, 1e-5)
     _assert_close(predict.predict(str(root / "served"), setup["photos"]), expected, 1e-5)
@@ -92,18 +93,65 @@ def test_cli_json_and_table(setup, capsys):
     assert setup["photos"][0] in table and expected[0][0][0] in table and table.count("%") == 5
 
 
-def test_cli_missing_and_non_image_files_fail_with_message(setup, tmp_path, capsys):
+def test_cli_errors_are_one_line(setup, tmp_path, capsys):
     model = str(setup["root"] / "model.keras")
-    assert cli.main(["predict", model, str(tmp_path / "nope.jpg")]) == 1
-    assert "nope.jpg" in capsys.readouterr().err
+    photo = setup["photos"][0]
     text = tmp_path / "notes.jpg"
     text.write_text("this is not a picture")
-    assert cli.main(["predict", model, str(text)]) == 1
-    assert "not a readable image" in capsys.readouterr().err
-    assert cli.main(["predict", str(tmp_path / "missing.keras"), setup["photos"][0]]) == 1
-    assert "No model" in capsys.readouterr().err
-    assert cli.main(["predict", str(tmp_path), setup["photos"][0]]) == 1  # a directory without a model
-    assert "saved_model.pb" in capsys.readouterr().err
+    (tmp_path / "junk.keras").write_text("not a zip")
+    (tmp_path / "junk.tflite").write_bytes(b"not a flatbuffer" * 10)
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    foreign = tmp_path / "foreign"  # a SavedModel, but not one keras_vit wrote
+    tf = pytest.importorskip("tensorflow")
+    module = tf.Module()
+    module.f = tf.function(lambda x: {"y": x * 2.0}, input_signature=[tf.TensorSpec([None], tf.float32)])
+    tf.saved_model.save(module, str(foreign), signatures={"serving_default": module.f})
+    assert_usage_error(capsys, ["predict", model, photo, "--top-k", "three"], "invalid int value")
+    for argv, pattern in [
+        (["predict", model, str(tmp_path / "nope.jpg")], "nope.jpg"),
+        (["predict", model, photo, str(text)], "notes.jpg.* not a readable image"),
+        (["predict", model, photo, "--top-k", "0"], "top_k must be a positive integer, got 0"),
+        (["predict", model, photo, "--top-k", "-2"], "got -2"),
+        (["predict", model, photo, "--labels", str(tmp_path / "labels.txt")], "labels.txt"),
+        (["predict", str(tmp_path / "missing.keras"), photo], "No model at .*missing.keras"),
+        (["predict", str(tmp_path), photo], "saved_model.pb"),  # a directory without a model
+        (["predict", str(tmp_path / "junk.keras"), photo], "junk.keras"),
+        (["predict", str(tmp_path / "junk.tflite"), photo], "junk.tflite"),
+        (["predict", str(tmp_path / "model.onnx"), photo], "Unknown model format"),
+        (["predict", str(foreign), photo], "not a keras_vit SavedModel"),
+    ]:
+        assert_cli_error(capsys, argv, pattern)
+
+
+def test_library_arguments(setup):
+    model = str(setup["root"] / "model.keras")
+    with pytest.raises(TypeError, match="topk"):
+        predict.predict(model, setup["photos"], topk=3)
+    with pytest.raises(ValueError, match="No image paths"):
+        predict.predict(model, [])
+    with pytest.warns(UserWarning, match="top_k=12 is more than the model's 10 classes"):
+        rows = predict.predict(model, setup["photos"][:1], top_k=12)
+    assert len(rows[0]) == 10
+
+
+def test_predict_and_calibration_read_files_with_load_image(setup, tmp_path, monkeypatch):
+    # One decode path: a 16-bit grey PNG gives predict and int8 calibration exactly the pixels
+    # images.load_image gives, in batches of any size.
+    ramp = (np.arange(48 * 40).reshape(48, 40) * 34).astype("uint16")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    paths = [str(folder / f"{i}.png") for i in range(3)]
+    for i, path in enumerate(paths):
+        Image.fromarray(np.roll(ramp, 7 * i, axis=1)).save(path)  # mode I;16
+    pixels = np.stack([load_image(p, 32) for p in paths]).astype("float32")
+    np.testing.assert_array_equal(export.calibration_images(str(folder), (32, 32)), pixels)
+    logits = setup["model"].predict(pixels, verbose=0).astype("float64")
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    monkeypatch.setattr(predict, "BATCH_SIZE", 2)
+    rows = predict.predict_top_k(str(setup["root"] / "model.keras"), paths, top_k=10)
+    got = np.array([[p for _, _, p in sorted(row, key=lambda r: r[1])] for row in rows])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 @pytest.mark.slow

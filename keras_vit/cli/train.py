@@ -349,17 +349,13 @@ def add_evaluate_arguments(parser):
 def run_evaluate(args):
     """`keras-vit evaluate`: loss, accuracy and top-5 of a saved model on a dataset. A folder's
     classes are matched to the model's `class_names` by name."""
-    import keras_vit  # noqa: F401 - registers the serializable classes
-    from keras_vit import data
+    from keras_vit import data, export
 
     if not os.path.isfile(args.model):
         raise FileNotFoundError(f"model file {args.model!r} does not exist.")
     if args.dataset and args.data_dir:
         raise ValueError("give either --dataset or --data-dir, not both.")
-    try:
-        model = keras.saving.load_model(args.model, compile=False)
-    except Exception as error:  # Keras raises many types for a file that is not a model
-        raise ValueError(f"{args.model!r} is not a loadable .keras model: {error}") from None
+    model = export.load_model(args.model)
     image_size = tuple(model.input_shape[1:3])
     num_classes = model.output_shape[-1]
     class_names = getattr(model, "class_names", None)
