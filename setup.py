@@ -25,7 +25,10 @@ setup(
     extras_require={
         # Test-only references. torch is pinned to the CPU build these machines provide: an
         # unpinned torch pulls gigabytes of CUDA packages.
-        "test": ["pytest", "torch==2.13.0", "transformers", "jax[cpu]", "tensorflow-serving-api", "scipy"],
+        "test": ["pytest", "torch==2.13.0", "transformers", "jax[cpu]", "tensorflow-serving-api", "scipy",
+                 "huggingface_hub"],
+        # hf://ORG/NAME[@REVISION] weights (keras_vit.hub); tested on huggingface_hub 0.23 and 2.4.
+        "hub": ["huggingface_hub>=0.23"],
         "benchmark": ["keras-hub", "torch==2.13.0", "transformers"],  # timm (GPU runs) needs torchvision: install it by hand there
         # The gRPC client of examples/serving_client.py.
         "serving": ["tensorflow-serving-api"],

@@ -899,7 +899,7 @@ def load_model(path):
     (`keras_vit.weights.load_model_or_checkpoint`: safe mode, not compiled); FileNotFoundError
     or ValueError (naming the file) for anything else."""
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not os.path.exists(path) and not path.startswith("hf://"):
         raise FileNotFoundError(f"No model at {path!r}.")
     from keras_vit import weights
 

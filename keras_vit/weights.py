@@ -5,6 +5,7 @@
     model = keras_vit.load_pretrained("google-vit-base-patch16-224/")  # HF folder
     model = keras_vit.load_pretrained("deit_tiny_patch16_224/model.safetensors")     # timm file
     model = keras_vit.load_pretrained("runs/x/model.keras")  # a trained model, safe mode, as saved
+    model = keras_vit.load_pretrained("hf://timm/deit_tiny_patch16_224.fb_in1k")  # the Hub (hub.py)
 
 Every format is converted to one canonical state dict `{keras variable path: np.ndarray}` (the
 paths in `keras_vit.layers`' docstring), then assigned by `variable.path` with strict checks: no
@@ -38,6 +39,8 @@ logger = logging.getLogger("keras_vit")
 STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 STANDARD_DEPTHS = {192: 12, 384: 12, 768: 12, 1024: 24, 1280: 32}  # to flag files missing blocks
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle")
+# The checkpoint file of a folder that holds several (a timm CLIP repo has both).
+PREFERRED_WEIGHT_FILES = ("model.safetensors", "open_clip_model.safetensors")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,9 +291,14 @@ def _variant_of(config):
 
 
 def _resolve(path_or_name):
-    """`(path, variant)`: a local path as it is (variant None); `"B/16:imagenet21k"` or a registered
-    file name -> the downloaded path and the variant it is registered for."""
+    """`(path, variant)`: a local path as it is (variant None); `"hf://ORG/NAME[@REVISION]"` -> its
+    folder in the Hugging Face cache (variant None); `"B/16:imagenet21k"` or a registered file name
+    -> the downloaded path and the variant it is registered for."""
     path = os.fspath(path_or_name)
+    from keras_vit import hub  # imports huggingface_hub only for hf:// ids
+
+    if hub.is_hub_id(path):
+        return hub.snapshot(path), None
     if os.path.exists(path):
         return path, None
     if ":" in path:
@@ -302,9 +310,9 @@ def _resolve(path_or_name):
             return download(entry), variant
     raise FileNotFoundError(
         f"No checkpoint at {path!r}: expected a local file or folder (Google .npz, Hugging Face "
-        f"folder or .safetensors, timm .safetensors, a .keras model), 'VARIANT:NAME' such as "
-        f"'B/16:imagenet21k', or a registered file name (keras_vit.weights.describe_registry() "
-        f"lists them)."
+        f"folder or .safetensors, timm .safetensors, a .keras model), 'hf://ORG/NAME[@REVISION]' "
+        f"(the Hugging Face Hub), 'VARIANT:NAME' such as 'B/16:imagenet21k', or a registered file "
+        f"name (keras_vit.weights.describe_registry() lists them)."
     )
 
 
@@ -358,13 +366,20 @@ def read_checkpoint(path, num_heads=None, image_size=None):
     tensors = _read_npz(files[0]) if kind == "npz" else _read_safetensors(files, weight_map)
     _check_finite(tensors, path)
     keys = set(tensors)
+    if any(k.endswith(("dist_token", "distillation_token")) for k in keys):
+        raise ValueError(f"{files[0]!r} is a distilled DeiT checkpoint (a distillation token and a "
+                         f"second head): keras_vit does not support that family yet. Non-distilled "
+                         f"DeiT checkpoints load (timm's deit_tiny_patch16_224.fb_in1k, "
+                         f"facebook/deit-tiny-patch16-224).")
+    processor = _processor_normalization(configs.get("preprocessor_config.json"), path)
     if kind == "npz":
         checkpoint = _from_google(tensors, files[0], image_size)
     elif any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in keys):
-        checkpoint = _from_huggingface(tensors, configs, files[0], num_heads, image_size)
+        checkpoint = _from_huggingface(tensors, configs.get("config.json", {}), processor, files[0],
+                                       num_heads, image_size)
     elif "patch_embed.proj.weight" in keys:
-        checkpoint = _from_timm(tensors, configs.get("config.json", {}), files[0], num_heads,
-                                image_size)
+        checkpoint = _from_timm(tensors, configs.get("config.json", {}), processor, files[0],
+                                num_heads, image_size)
     else:
         raise ValueError(
             f"{files[0]!r} is a safetensors file but not a ViT checkpoint this library knows: "
@@ -399,7 +414,7 @@ def _weight_files_in(folder):
                                         f"lacks.")
         return files, {name: os.path.join(folder, os.path.normpath(shard))
                        for name, shard in weight_map.items()}
-    for name in ("model.safetensors", "open_clip_model.safetensors"):
+    for name in PREFERRED_WEIGHT_FILES:
         if os.path.isfile(os.path.join(folder, name)):
             return [os.path.join(folder, name)], None
     found = sorted(os.listdir(folder))
@@ -826,8 +841,7 @@ _HF_BLOCK = {
 }
 
 
-def _from_huggingface(raw, configs, path, num_heads=None, image_size=None):
-    config = configs.get("config.json", {})
+def _from_huggingface(raw, config, processor, path, num_heads=None, image_size=None):
     prefix = "vit." if any(k.startswith("vit.") for k in raw) else ""
     tensors = _Tensors({(k[len(prefix):] if k.startswith(prefix) else k): v
                         for k, v in raw.items()}, path)
@@ -885,11 +899,7 @@ def _from_huggingface(raw, configs, path, num_heads=None, image_size=None):
                            "hidden_size": _config_int(config, "hidden_size", path),
                            "patch_size": _config_int(config, "patch_size", path),
                            "mlp_dim": _config_int(config, "intermediate_size", path)}, architecture)
-    processor = configs.get("preprocessor_config.json", {})
-    normalization = M.GOOGLE_NORMALIZATION  # ViTImageProcessor's default: mean = std = 0.5
-    if processor.get("do_normalize", True) and "image_mean" in processor:
-        normalization = tuple(_config_floats(processor, key, path, "preprocessor_config.json")
-                              for key in ("image_mean", "image_std"))
+    normalization = processor or M.GOOGLE_NORMALIZATION  # ViTImageProcessor's default: 0.5, 0.5
     epsilon = config.get("layer_norm_eps", 1e-12)
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0:
         raise ValueError(f"{path!r}: 'layer_norm_eps' in its config.json must be a positive "
@@ -919,6 +929,19 @@ def _grid_from_config(config, key, patch, path):
     if height <= 0 or width <= 0:
         raise ValueError(f"{path!r}: '{key}' in its config.json must be positive, got {image_size}.")
     return height // patch[0], width // patch[1]
+
+
+def _processor_normalization(processor, path):
+    """`(mean, std)` that a Hugging Face preprocessor_config.json applies after scaling pixels to
+    [0, 1]; None without the file or without statistics in it."""
+    if processor is None:
+        return None
+    if processor.get("do_normalize", True) is False:
+        return 0.0, 1.0  # the model was fed pixels / 255 as they are
+    if "image_mean" not in processor and "image_std" not in processor:
+        return None
+    return tuple(_config_floats(processor, key, path, "preprocessor_config.json")
+                 for key in ("image_mean", "image_std"))
 
 
 def _config_floats(config, key, path, source="config.json"):
@@ -991,7 +1014,7 @@ def _timm_declared(config, path):
     return declared
 
 
-def _from_timm(raw, config, path, num_heads=None, image_size=None):
+def _from_timm(raw, config, processor, path, num_heads=None, image_size=None):
     tensors = _Tensors(raw, path)
     if "fc_norm.weight" in tensors:
         raise ValueError(
@@ -1067,12 +1090,15 @@ def _from_timm(raw, config, path, num_heads=None, image_size=None):
         num_registers=num_registers, layer_scale_init_value=layer_scale)
     _check_declared(path, _timm_declared(config, path), architecture)
     normalization = pretrained if "mean" in pretrained else config
-    if normalization.get("mean") is None or normalization.get("std") is None:
-        logger.info("%s has no mean/std in a config.json: assuming [-1, 1] inputs (mean = std = 0.5, "
-                    "timm's default for Google-trained ViTs).", path)
-        mean, std = M.GOOGLE_NORMALIZATION
-    else:
+    if normalization.get("mean") is not None and normalization.get("std") is not None:
         mean, std = (_config_floats(normalization, key, path) for key in ("mean", "std"))
+    elif processor is not None:
+        mean, std = processor
+    else:
+        logger.info("%s has no mean/std in a config.json or preprocessor_config.json: assuming "
+                    "[-1, 1] inputs (mean = std = 0.5, timm's default for Google-trained ViTs).",
+                    path)
+        mean, std = M.GOOGLE_NORMALIZATION
     names = config.get("label_names")
     if num_classes and names is not None and not (
             isinstance(names, list) and len(names) == num_classes
@@ -1116,7 +1142,8 @@ def load_pretrained(path_or_name, image_size=None, num_classes=None, include_top
 
     Args:
         path_or_name: a local checkpoint (Google `.npz`; Hugging Face folder or `.safetensors`;
-            timm `.safetensors`, with its config.json beside it; a `.keras` model),
+            timm `.safetensors`, with its config.json beside it; a `.keras` model), a Hub
+            repository `"hf://ORG/NAME[@REVISION]"` (`keras_vit.hub`: needs huggingface_hub),
             `"B/16:imagenet21k"`, or a registered file name (downloaded once, cached).
         image_size: None keeps the checkpoint's; another size resamples the position embeddings.
         num_classes: None keeps the checkpoint's head; another count gets a new zero head.
@@ -1159,10 +1186,11 @@ def build_with_weights(config, weights, resample_method=None, given=None):
     """`keras_vit.ViT(weights=...)`: builds `config` (ViT kwargs) and loads `weights` into it.
 
     `weights` is a registered name (found from config's patch/width/depth, e.g. `"imagenet21k"`
-    for ViT-B/16), a local checkpoint path or a `.keras` model. The checkpoint's architecture must
-    equal config's. `given` names the config keys the caller chose (None: all of config's); the
-    others that a checkpoint knows (pooling, representation_size, class_token, normalisation,
-    LayerNorm epsilon, class names, ...) come from the checkpoint. A chosen pooling the checkpoint
+    for ViT-B/16), a local checkpoint path, a `.keras` model or `"hf://ORG/NAME[@REVISION]"`.
+    The checkpoint's architecture must equal config's. `given` names the config keys the caller
+    chose (None: all of config's); the others that a checkpoint knows (pooling,
+    representation_size, class_token, normalisation, LayerNorm epsilon, class names, ...) come from
+    the checkpoint. A chosen pooling the checkpoint
     cannot give ('token' without a class token, 'map' without a MAP head) is a ValueError.
     """
     _check_keywords("build_with_weights", config, _MODEL_ARGS)

@@ -177,6 +177,42 @@ def test_preprocessor_config_and_labels(tmp_path):
     np.testing.assert_allclose(loaded.normalization_std, [0.229, 0.224, 0.225])
 
 
+def test_preprocessor_without_normalisation_and_beside_timm_files(hf, tmp_path):
+    """do_normalize false: the model saw pixels / 255 as they are (transformers' processor is the
+    reference); a timm file whose config.json has no mean/std takes preprocessor_config.json's."""
+    hf["model"].save_pretrained(tmp_path / "hf")
+    with open(tmp_path / "hf" / "preprocessor_config.json", "w") as f:
+        json.dump({"do_normalize": False, "image_mean": [0.485, 0.456, 0.406],
+                   "image_std": [0.229, 0.224, 0.225]}, f)
+    processor = transformers.ViTImageProcessor.from_pretrained(tmp_path / "hf", do_resize=False)
+    pixels = processor(list(hf["images"]), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = hf["model"](pixel_values=pixels).logits.numpy()
+    loaded = keras_vit.load_pretrained(tmp_path / "hf", num_heads=HEADS)
+    np.testing.assert_allclose(loaded.predict(hf["images"], verbose=0), expected, atol=TOLERANCE)
+
+    write_timm(tmp_path / "timm", timm_from_hf(hf["sd"]))
+    with open(tmp_path / "timm" / "preprocessor_config.json", "w") as f:
+        json.dump({"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}, f)
+    loaded = keras_vit.load_pretrained(tmp_path / "timm", num_heads=HEADS)
+    np.testing.assert_allclose(loaded.normalization_mean, [0.485, 0.456, 0.406])
+    np.testing.assert_allclose(loaded.normalization_std, [0.229, 0.224, 0.225])
+
+
+def test_distilled_deit_is_a_clear_error(hf, tmp_path):
+    config = transformers.DeiTConfig(image_size=32, patch_size=PATCH, hidden_size=HIDDEN,
+                                     num_hidden_layers=DEPTH, num_attention_heads=HEADS,
+                                     intermediate_size=TINY["mlp_dim"], num_labels=10)
+    transformers.DeiTForImageClassificationWithTeacher(config).save_pretrained(tmp_path / "hf")
+    timm = dict(timm_from_hf(hf["sd"]), dist_token=np.zeros((1, 1, HIDDEN), "float32"),
+                **{"head_dist.weight": np.zeros((10, HIDDEN), "float32"),
+                   "head_dist.bias": np.zeros(10, "float32")})
+    write_timm(tmp_path / "timm", timm)
+    for folder in ("hf", "timm"):
+        with pytest.raises(ValueError, match="distilled DeiT checkpoint.*not support that family yet"):
+            keras_vit.load_pretrained(tmp_path / folder)
+
+
 def test_big_vision_layout_folds_class_token_position(hf, tmp_path):
     """big_vision: params/ prefix, LayerNorm_0/1 names, posemb without a class entry (the class
     token gets none: its old entry is folded into the token), blocks stacked by scan=True."""

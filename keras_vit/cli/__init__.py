@@ -47,7 +47,7 @@ def run_info(args):
         return 0
     from keras_vit import weights
 
-    if not os.path.exists(args.model):
+    if not os.path.exists(args.model) and not args.model.startswith("hf://"):
         raise FileNotFoundError(f"No model or checkpoint at {args.model!r}.")
     model = weights.load_model_or_checkpoint(args.model)
     model.summary()
@@ -90,7 +90,7 @@ def enable_onednn(environ=os.environ, modules=sys.modules, machine=None):
 
 
 # What the library raises for a user's bad option, file or value.
-USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
+USER_ERRORS = (ValueError, TypeError, OSError, KeyError, ImportError)
 
 
 def main(argv=None):

@@ -91,8 +91,8 @@ def add_train_arguments(parser):
                        "variant (ViTTi16, ViTS16, ViTS32, ViTB8, ViTB16, ViTB32, ViTL16, ViTL32, "
                        "ViTH14) or a ResNet hybrid (R50ViTB16, R50ViTB32, R50ViTL16, R50ViTL32, "
                        "R26ViTS32, RViTTi16)")
-    model.add_argument("--weights", help="pretrained weights: a registered name (imagenet21k, ...) "
-                       "or a checkpoint path; default: random init")
+    model.add_argument("--weights", help="pretrained weights: a registered name (imagenet21k, "
+                       "...), a checkpoint path or hf://ORG/NAME[@REVISION]; default: random init")
     model.add_argument("--dropout", type=fraction,
                        help="dropout rate (default 0.1 on digits, else 0)")
     model.add_argument("--drop-path", type=fraction, default=0.0, help="stochastic depth rate")
