@@ -74,6 +74,8 @@ class VisionTransformer(keras.Model):
     `distillation_token` after `class_token`, and `distillation_pooling` -> `head_dist` beside
     `pooling` -> `head`; its output, `distilled_logits`, is the mean of the two heads (DeiT's
     inference), and both heads' logits stay reachable as those layers' outputs.
+    `distillation_head=False` keeps the token but only the class head (transformers'
+    `DeiTForImageClassification` on a distilled backbone).
     """
 
     def __init__(self, image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads=12,
@@ -83,7 +85,7 @@ class VisionTransformer(keras.Model):
                  class_token=None, num_registers=0, layer_scale_init_value=None,
                  normalization_mean=GOOGLE_NORMALIZATION[0], normalization_std=GOOGLE_NORMALIZATION[1],
                  layer_norm_epsilon=L.LAYER_NORM_EPSILON, class_names=None, backbone=None,
-                 distilled=False, name=None, dtype=None, **kwargs):
+                 distilled=False, distillation_head=True, name=None, dtype=None, **kwargs):
         _check_keywords(kwargs, _MODEL_KEYWORDS, "VisionTransformer")
         image_size = L._pair(image_size, "image_size")
         patch_size = L._pair(patch_size, "patch_size")
@@ -144,9 +146,10 @@ class VisionTransformer(keras.Model):
         if include_top:
             # Logits in float32 under mixed precision, so the loss and softmax stay stable.
             head_policy = "float32" if _is_mixed(policy) else policy
-            x = keras.layers.Dense(num_classes, activation=None if distilled else classifier_activation,
+            two_heads = distilled and distillation_head
+            x = keras.layers.Dense(num_classes, activation=None if two_heads else classifier_activation,
                                    kernel_initializer="zeros", dtype=head_policy, name="head")(x)
-            if distilled:
+            if two_heads:
                 distillation = L.TokenPooling("token", num_prefix + num_registers, token_index=1,
                                               dtype=policy, name="distillation_pooling")(tokens)
                 distillation = keras.layers.Dense(num_classes, kernel_initializer="zeros",
@@ -183,6 +186,7 @@ class VisionTransformer(keras.Model):
         self.class_names = list(class_names) if class_names is not None else None
         self.backbone = backbone
         self.distilled = bool(distilled)
+        self.distillation_head = bool(distillation_head)
 
     @property
     def encoder_blocks(self):
@@ -208,7 +212,8 @@ class VisionTransformer(keras.Model):
             "normalization_mean": self.normalization_mean,
             "normalization_std": self.normalization_std,
             "layer_norm_epsilon": self.layer_norm_epsilon, "class_names": self.class_names,
-            "backbone": self.backbone, "distilled": self.distilled, "name": self.name, "trainable": self.trainable,
+            "backbone": self.backbone, "distilled": self.distilled,
+            "distillation_head": self.distillation_head, "name": self.name, "trainable": self.trainable,
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
         }
 

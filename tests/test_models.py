@@ -428,3 +428,11 @@ def test_distilled_options_round_trip_and_refusals(tmp_path):
                                atol=1e-5)
     with pytest.raises(ValueError, match="distilled=True.*pooling='token'"):
         keras_vit.ViT(**{**config, "pooling": "gap"})
+    # The token without its head: the class head alone gives the output.
+    single = keras_vit.ViT(**config, distillation_head=False)
+    assert [layer.name for layer in single.layers if layer.name.startswith("head")] == ["head"]
+    single.set_weights([w for v, w in zip(model.weights, model.get_weights())
+                        if not v.path.startswith("head_dist")])
+    class_head = keras.Model(model.input, model.get_layer("head").output)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(single(images)),
+                               keras.ops.convert_to_numpy(class_head(images)), atol=1e-6)
