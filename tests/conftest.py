@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny configs, the real-data folder, and the layer/model test harness."""
+"""Shared fixtures: tiny configs, the real-data folder, random weights and images. The layer test
+harness every layer goes through is tests/harness.py."""
 
 import os
 

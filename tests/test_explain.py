@@ -377,9 +377,7 @@ def deit():
     path = os.path.join(SHARED_DATA, "deit_tiny_patch16_224", "model.safetensors")
     if not os.path.isfile(path):
         pytest.skip(f"DeiT-Tiny weights {path} are absent (they exist only on the project's machines)")
-    weights = pytest.importorskip("keras_vit.weights",
-                                  reason="keras_vit.weights (load_pretrained) is not importable yet")
-    return weights.load_pretrained(path)
+    return keras_vit.load_pretrained(path)
 
 
 @pytest.mark.real_data

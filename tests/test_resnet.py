@@ -303,31 +303,8 @@ def test_bad_layer_arguments_are_refused():
         R.ResNetStage(0, 64)
 
 
-LAYERS = [
-    (lambda: R.StdConv2D(8, (3, 5), 2, 1e-3, True), (2, 9, 10, 3)),
-    (lambda: R.BottleneckUnit(32, 2, 1e-8, True, 1e-5), (2, 8, 8, 16)),
-    (lambda: R.ResNetStage(2, 32, 1), (2, 8, 8, 128)),
-    (lambda: R.ResNetBackbone([1, 1], 1, **R.TIMM_NUMERICS), (2, 32, 48, 3)),
-    (lambda: R.ResNetBackbone([]), (2, 16, 16, 3)),
-]
-
-
-@pytest.mark.parametrize("make, shape", LAYERS, ids=[type(m()).__name__ for m, _ in LAYERS])
-def test_every_layer_serializes(make, shape):
-    layer = make()
-    x = np.random.default_rng(5).normal(size=shape).astype("float32")
-    layer.build(x.shape)
-    for v in layer.weights:  # gn3 starts at zero scale: make every weight count
-        v.assign(np.random.default_rng(1).normal(1.0 if v.path.endswith("gamma") else 0.0, 0.3,
-                                                 v.shape).astype("float32"))
-    y = to_numpy(layer(x))
-    serialized = keras.saving.serialize_keras_object(layer)
-    assert serialized["registered_name"].startswith("keras_vit>")
-    clone = keras.saving.deserialize_keras_object(serialized)
-    assert clone.get_config() == layer.get_config()
-    assert clone.built
-    clone.set_weights(layer.get_weights())
-    np.testing.assert_allclose(to_numpy(clone(x)), y, atol=1e-5)
+# Serialisation, .keras files, shapes and mixed precision of every layer: tests/harness.py
+# (tests/test_layers.py runs it over these layers too).
 
 
 def test_get_config_is_exactly_the_init_arguments():
@@ -336,20 +313,6 @@ def test_get_config_is_exactly_the_init_arguments():
                                   "epsilon_inside_sqrt", "norm_epsilon")}
     assert own == dict(block_units=[3, 4, 9], width_factor=1, **R.VIT_JAX_NUMERICS)
     json.dumps(config)  # the model config holds it as JSON
-
-
-def test_keras_file_round_trip_in_safe_mode(tmp_path):
-    inputs = keras.Input((32, 48, 3))
-    outputs = R.ResNetBackbone([1, 1], name="backbone")(inputs)
-    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(outputs))
-    for v in model.weights:
-        v.assign(np.random.default_rng(2).normal(1.0 if v.path.endswith("gamma") else 0.0, 0.3,
-                                                 v.shape).astype("float32"))
-    x = images((32, 48))
-    model.save(tmp_path / "m.keras")
-    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
-    assert loaded.get_layer("backbone").get_config() == model.get_layer("backbone").get_config()
-    np.testing.assert_allclose(to_numpy(loaded(x)), to_numpy(model(x)), atol=1e-6)
 
 
 def test_mixed_bfloat16():
