@@ -115,3 +115,23 @@ def test_train_and_info_on_a_hybrid(capsys, tmp_path):
     assert code == 0 and "Held-out accuracy" in out, out
     assert cli.main(["info", str(run_dir / "model.keras")]) == 0
     assert "ResNetBackbone" in capsys.readouterr().out
+
+
+def test_resume_with_other_plan_options_is_refused(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "backup").mkdir(parents=True)
+    (run_dir / "backup" / "step-5.weights.h5").write_bytes(b"")
+    (run_dir / "backup" / "training_metadata.json").write_text(
+        '{"epoch": 0, "steps": 5, "epoch_start_step": 0, "weights": "step-5.weights.h5"}')
+    plan = {"model": "tiny", "image_size": 16, "batch_size": 64, "epochs": 2,
+            "steps_per_epoch": 22, "recipe": "scratch", "gradient_accumulation": None,
+            "data_dir": None, "dataset": None, "weights": None}
+    (run_dir / "plan.json").write_text(__import__("json").dumps(plan))
+    line = _one_line_error(capsys, "train", "--resume", "--run-dir", str(run_dir), "--epochs", "2",
+                           "--batch-size", "32")
+    assert "batch_size was 64, now 32" in line and "steps_per_epoch was 22, now 44" in line
+    damaged = tmp_path / "damaged"
+    (damaged / "backup").mkdir(parents=True)
+    (damaged / "backup" / "training_metadata.json").write_text('{"epoch": 0, "ste')
+    line = _one_line_error(capsys, "train", "--resume", "--run-dir", str(damaged))
+    assert "damaged" in line and "training_metadata.json" in line
