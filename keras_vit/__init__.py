@@ -17,6 +17,7 @@ if _startup.wanted():
 
 from keras_vit import layers  # noqa: E402
 from keras_vit import resnet  # noqa: E402,F401 - the hybrids' ResNet layers, registered
+from keras_vit.config import ModelConfig  # noqa: E402,F401
 # Registers every object a trained model's `.keras` file references (schedules, loss, metrics,
 # optimizer), so `keras.models.load_model` works after `import keras_vit` alone. No TensorFlow.
 from keras_vit import training  # noqa: E402

@@ -4,9 +4,7 @@
     features = keras_vit.ViTS16(include_top=False)(images) # pooled features (batch, 384)
 """
 
-import difflib
 import inspect
-import math
 
 import keras
 import numpy as np
@@ -14,8 +12,16 @@ from keras import ops
 
 from keras_vit import layers as L
 from keras_vit import resnet
-
-POOLINGS = ("token", "gap", "map", None)
+from keras_vit.config import (  # noqa: F401 - re-exported: keras_vit.models.POOLINGS etc.
+    ARCHITECTURE_FIELDS,
+    DEFAULTS,
+    FIELDS,
+    GOOGLE_NORMALIZATION,
+    IMAGENET_NORMALIZATION,
+    POOLINGS,
+    ModelConfig,
+    check_keywords,
+)
 
 # name: (patch_size, hidden_size, num_layers, num_heads, mlp_dim) of the paper and of AugReg
 # ("How to train your ViT", Steiner et al., 2021).
@@ -30,7 +36,7 @@ VARIANTS = {
     "L/32": (32, 1024, 24, 16, 4096),
     "H/14": (14, 1280, 32, 16, 5120),
 }
-ARCHITECTURE_ARGS = ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim")
+ARCHITECTURE_ARGS = ARCHITECTURE_FIELDS
 # The paper's hybrids (a ResNet's feature map is the token grid) and AugReg's:
 # name: (ViT variant, ResNet block units, patch size on the feature map). The paper's R50 for /16
 # drops stage 4 and extends stage 3 to 9 units; /32 keeps ResNet-50's four stages; AugReg's "R"
@@ -44,8 +50,6 @@ HYBRID_VARIANTS = {
     "R+Ti/16": ("Ti/16", (), 8),
 }
 
-GOOGLE_NORMALIZATION = (0.5, 0.5)  # [0, 255] -> [-1, 1]
-IMAGENET_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def variant_config(variant):
@@ -78,180 +82,113 @@ class VisionTransformer(keras.Model):
     `DeiTForImageClassification` on a distilled backbone).
     """
 
-    def __init__(self, image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads=12,
-                 mlp_dim=3072, num_classes=1000, include_top=True, pooling="token",
-                 representation_size=None, dropout_rate=0.0, attention_dropout_rate=0.0,
-                 drop_path_rate=0.0, include_preprocessing=True, classifier_activation=None,
-                 class_token=None, num_registers=0, layer_scale_init_value=None,
-                 normalization_mean=GOOGLE_NORMALIZATION[0], normalization_std=GOOGLE_NORMALIZATION[1],
-                 layer_norm_epsilon=L.LAYER_NORM_EPSILON, class_names=None, backbone=None,
-                 distilled=False, distillation_head=True, name=None, dtype=None, **kwargs):
-        _check_keywords(kwargs, _MODEL_KEYWORDS, "VisionTransformer")
-        image_size = L._pair(image_size, "image_size")
-        patch_size = L._pair(patch_size, "patch_size")
-        _check_numbers(num_layers=num_layers, hidden_size=hidden_size, num_heads=num_heads,
-                       mlp_dim=mlp_dim, representation_size=representation_size,
-                       num_registers=num_registers, layer_norm_epsilon=layer_norm_epsilon,
-                       layer_scale_init_value=layer_scale_init_value,
-                       normalization_std=normalization_std)
-        if class_token is None:
-            # Google's GAP and big_vision's MAP models have no class token; the classic ViT has one.
-            class_token = pooling in ("token", None)
-        backbone = _backbone_config(backbone)
-        stride = resnet.backbone_stride(backbone["block_units"]) if backbone else 1
-        _validate(image_size, (patch_size[0] * stride, patch_size[1] * stride), hidden_size,
-                  num_heads, pooling, include_top, num_classes, class_token, class_names,
-                  dropout_rate, attention_dropout_rate, drop_path_rate)
-        if distilled and (pooling != "token" or representation_size):
-            raise ValueError(f"distilled=True (DeiT) pools the class and distillation tokens: it "
-                             f"needs pooling='token' and no representation_size, got "
-                             f"pooling={pooling!r}, representation_size={representation_size!r}.")
-        grid = (image_size[0] // (patch_size[0] * stride), image_size[1] // (patch_size[1] * stride))
-        num_prefix = int(class_token) + int(bool(distilled))
+    def __init__(self, name=None, dtype=None, trainable=True, **kwargs):
+        config = ModelConfig.from_kwargs(kwargs, "VisionTransformer")
+        c = config
+        grid, num_prefix = c.grid_size, int(c.class_token) + int(c.distilled)
         policy = keras.dtype_policies.get(dtype) if dtype is not None else None
 
-        images = keras.Input(shape=(image_size[0], image_size[1], 3), name="images")
+        images = keras.Input(shape=(c.image_size[0], c.image_size[1], 3), name="images")
         x = images
-        if include_preprocessing:
-            x = L.ImageNormalization(normalization_mean, normalization_std, dtype=policy,
+        if c.include_preprocessing:
+            x = L.ImageNormalization(c.normalization_mean, c.normalization_std, dtype=policy,
                                      name="preprocessing")(x)
-        if backbone:
+        if c.backbone:
             # The hybrid: the ResNet's feature map is the image the patches are cut from.
-            x = resnet.ResNetBackbone(**backbone, dtype=policy, name="backbone")(x)
-        x = L.PatchEmbedding(patch_size, hidden_size, dtype=policy, name="patch_embedding")(x)
-        if class_token:
+            x = resnet.ResNetBackbone(**c.backbone, dtype=policy, name="backbone")(x)
+        x = L.PatchEmbedding(c.patch_size, c.hidden_size, dtype=policy, name="patch_embedding")(x)
+        if c.class_token:
             x = L.ClassToken(dtype=policy, name="class_token")(x)
-        if distilled:
+        if c.distilled:
             x = L.DistillationToken(dtype=policy, name="distillation_token")(x)
         x = L.PositionEmbedding(grid, num_prefix, dtype=policy, name="position_embedding")(x)
-        if num_registers:
-            x = L.RegisterTokens(num_registers, num_prefix, dtype=policy,
+        if c.num_registers:
+            x = L.RegisterTokens(c.num_registers, num_prefix, dtype=policy,
                                  name="register_tokens")(x)
-        x = keras.layers.Dropout(dropout_rate, dtype=policy, name="embedding_dropout")(x)
-        for i in range(num_layers):
+        x = keras.layers.Dropout(c.dropout_rate, dtype=policy, name="embedding_dropout")(x)
+        for i in range(c.num_layers):
             # Stochastic depth grows linearly with depth, as in DeiT and timm.
-            rate = drop_path_rate * i / max(num_layers - 1, 1)
-            x = L.TransformerBlock(num_heads, mlp_dim, dropout_rate, attention_dropout_rate, rate,
-                                   layer_scale_init_value, layer_norm_epsilon, dtype=policy,
-                                   name=f"encoderblock_{i}")(x)
-        x = tokens = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy,
+            rate = c.drop_path_rate * i / max(c.num_layers - 1, 1)
+            x = L.TransformerBlock(c.num_heads, c.mlp_dim, c.dropout_rate, c.attention_dropout_rate,
+                                   rate, c.layer_scale_init_value, c.layer_norm_epsilon,
+                                   dtype=policy, name=f"encoderblock_{i}")(x)
+        x = tokens = keras.layers.LayerNormalization(epsilon=c.layer_norm_epsilon, dtype=policy,
                                                      name="encoder_norm")(x)
-        if pooling == "map":
-            x = L.MAPHead(num_heads, mlp_dim, layer_norm_epsilon, dtype=policy, name="map_head")(x)
-        elif pooling is not None:
-            x = L.TokenPooling(pooling, num_prefix + num_registers, dtype=policy, name="pooling")(x)
-        if representation_size:
-            x = keras.layers.Dense(representation_size, activation="tanh", dtype=policy,
+        if c.pooling == "map":
+            x = L.MAPHead(c.num_heads, c.mlp_dim, c.layer_norm_epsilon, dtype=policy,
+                          name="map_head")(x)
+        elif c.pooling is not None:
+            x = L.TokenPooling(c.pooling, c.num_prefix_tokens, dtype=policy, name="pooling")(x)
+        if c.representation_size:
+            x = keras.layers.Dense(c.representation_size, activation="tanh", dtype=policy,
                                    name="pre_logits")(x)
-        if include_top:
-            # Logits in float32 under mixed precision, so the loss and softmax stay stable.
-            head_policy = "float32" if _is_mixed(policy) else policy
-            two_heads = distilled and distillation_head
-            x = keras.layers.Dense(num_classes, activation=None if two_heads else classifier_activation,
-                                   kernel_initializer="zeros", dtype=head_policy, name="head")(x)
-            if two_heads:
-                distillation = L.TokenPooling("token", num_prefix + num_registers, token_index=1,
-                                              dtype=policy, name="distillation_pooling")(tokens)
-                distillation = keras.layers.Dense(num_classes, kernel_initializer="zeros",
-                                                  dtype=head_policy, name="head_dist")(distillation)
-                x = keras.layers.Average(dtype=head_policy, name="distilled_logits")([x, distillation])
-                if classifier_activation is not None:
-                    x = keras.layers.Activation(classifier_activation, dtype=head_policy,
-                                                name="predictions")(x)
-        super().__init__(inputs=images, outputs=x, name=name or "vit", dtype=dtype, **kwargs)
-
-        self.image_size = image_size
-        self.patch_size = patch_size
+        if c.include_top:
+            x = _heads(c, x, tokens, policy)
+        super().__init__(inputs=images, outputs=x, name=name or "vit", dtype=dtype,
+                         trainable=trainable)
+        self.config = config
+        # Every field is an attribute too (`model.image_size`, `model.pooling`, ...).
+        for key in FIELDS:
+            setattr(self, key, getattr(config, key))
         self.grid_size = grid
-        self.hidden_size = int(hidden_size)
-        self.num_layers = int(num_layers)
-        self.num_heads = int(num_heads)
-        self.mlp_dim = int(mlp_dim)
-        self.num_classes = int(num_classes) if include_top else None
-        self.include_top = bool(include_top)
-        self.pooling = pooling
-        self.representation_size = representation_size
-        self.dropout_rate = float(dropout_rate)
-        self.attention_dropout_rate = float(attention_dropout_rate)
-        self.drop_path_rate = float(drop_path_rate)
-        self.include_preprocessing = bool(include_preprocessing)
-        self.classifier_activation = classifier_activation
-        self.class_token = bool(class_token)
-        self.num_registers = int(num_registers)
-        self.num_prefix_tokens = num_prefix + self.num_registers
-        self.layer_scale_init_value = layer_scale_init_value
-        self.normalization_mean = _as_list(normalization_mean)
-        self.normalization_std = _as_list(normalization_std)
-        self.layer_norm_epsilon = float(layer_norm_epsilon)
-        self.class_names = list(class_names) if class_names is not None else None
-        self.backbone = backbone
-        self.distilled = bool(distilled)
-        self.distillation_head = bool(distillation_head)
+        self.num_prefix_tokens = config.num_prefix_tokens
 
     @property
     def encoder_blocks(self):
         """The `TransformerBlock` layers, in order (`encoderblock_0`, ...)."""
         return [self.get_layer(f"encoderblock_{i}") for i in range(self.num_layers)]
 
+    @property
+    def preprocessing_config(self):
+        """Image size, crop, interpolation and normalisation, as the checkpoint's source uses them."""
+        return self.config.preprocessing()
+
     def get_config(self):
-        return {
-            "image_size": list(self.image_size), "patch_size": list(self.patch_size),
-            "hidden_size": self.hidden_size, "num_layers": self.num_layers,
-            "num_heads": self.num_heads, "mlp_dim": self.mlp_dim,
-            "num_classes": self.num_classes if self.include_top else 0,
-            "include_top": self.include_top, "pooling": self.pooling,
-            "representation_size": self.representation_size, "dropout_rate": self.dropout_rate,
-            "attention_dropout_rate": self.attention_dropout_rate,
-            "drop_path_rate": self.drop_path_rate,
-            "include_preprocessing": self.include_preprocessing,
-            "classifier_activation": keras.activations.serialize(
-                keras.activations.get(self.classifier_activation))
-            if self.classifier_activation is not None else None,
-            "class_token": self.class_token, "num_registers": self.num_registers,
-            "layer_scale_init_value": self.layer_scale_init_value,
-            "normalization_mean": self.normalization_mean,
-            "normalization_std": self.normalization_std,
-            "layer_norm_epsilon": self.layer_norm_epsilon, "class_names": self.class_names,
-            "backbone": self.backbone, "distilled": self.distilled,
-            "distillation_head": self.distillation_head, "name": self.name, "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-        }
+        config = self.config.to_dict()
+        if config["classifier_activation"] is not None:
+            config["classifier_activation"] = keras.activations.serialize(
+                keras.activations.get(config["classifier_activation"]))
+        return {**config, "name": self.name, "trainable": self.trainable,
+                "dtype": keras.dtype_policies.serialize(self.dtype_policy)}
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-        activation = config.get("classifier_activation")
-        if isinstance(activation, (dict, str)):
-            config["classifier_activation"] = keras.activations.deserialize(activation) if isinstance(
-                activation, dict) else activation
+        if isinstance(config.get("classifier_activation"), dict):
+            config["classifier_activation"] = keras.activations.deserialize(
+                config["classifier_activation"])
         return cls(**config)
 
 
-# The keywords `VisionTransformer` takes: its own arguments, and keras.Model's `trainable`.
-_MODEL_KEYWORDS = tuple(p for p in inspect.signature(VisionTransformer.__init__).parameters
-                        if p not in ("self", "kwargs")) + ("trainable",)
+def _heads(c, pooled, tokens, policy):
+    """The classifier: `head`, or DeiT's `head` and `head_dist` averaged."""
+    # Logits in float32 under mixed precision, so the loss and softmax stay stable.
+    head_policy = "float32" if _is_mixed(policy) else policy
+    two_heads = c.distilled and c.distillation_head
+    x = keras.layers.Dense(c.num_classes, activation=None if two_heads else c.classifier_activation,
+                           kernel_initializer="zeros", dtype=head_policy, name="head")(pooled)
+    if not two_heads:
+        return x
+    distillation = L.TokenPooling("token", c.num_prefix_tokens, token_index=1, dtype=policy,
+                                  name="distillation_pooling")(tokens)
+    distillation = keras.layers.Dense(c.num_classes, kernel_initializer="zeros", dtype=head_policy,
+                                      name="head_dist")(distillation)
+    x = keras.layers.Average(dtype=head_policy, name="distilled_logits")([x, distillation])
+    if c.classifier_activation is not None:
+        x = keras.layers.Activation(c.classifier_activation, dtype=head_policy,
+                                    name="predictions")(x)
+    return x
 
 
-def _backbone_config(backbone):
-    """None, or the hybrid's ResNet as a dict of `ResNetBackbone` arguments (`block_units`, and
-    optionally `width_factor` and the numerics of its checkpoint's source)."""
-    if backbone is None:
-        return None
-    if not isinstance(backbone, dict) or "block_units" not in backbone:
-        raise ValueError(f"backbone must be None or a dict with 'block_units' (e.g. "
-                         f"{{'block_units': [3, 4, 9]}}), got {backbone!r}.")
-    valid = ("block_units", "width_factor", "standardization_epsilon", "epsilon_inside_sqrt",
-             "norm_epsilon")
-    _check_keywords(backbone, valid, "backbone")
-    config = dict(backbone)
-    config["block_units"] = [int(u) for u in config["block_units"]]
-    return config
-
-
-def _as_list(value):
-    return [float(v) for v in np.ravel(value)]
+# The keywords `VisionTransformer` takes: the config's fields, and keras.Model's. Its signature
+# shows them with their defaults (help(), inspect).
+_MODEL_KEYWORDS = FIELDS + ("name", "dtype", "trainable")
+VisionTransformer.__init__.__signature__ = inspect.Signature(
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    + [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in
+       [*DEFAULTS.items(), ("name", None), ("dtype", None), ("trainable", True)]])
 
 
 def _is_mixed(policy):
@@ -259,88 +196,16 @@ def _is_mixed(policy):
     return policy.compute_dtype != policy.variable_dtype
 
 
-def _check_keywords(kwargs, valid, function_name):
-    """TypeError for a keyword `function_name` does not take, naming the nearest valid one."""
-    for key in kwargs:
-        if key not in valid:
-            near = difflib.get_close_matches(key, valid, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else f"; valid: {sorted(valid)}"
-            raise TypeError(f"{function_name}() got an unexpected keyword argument {key!r}{hint}")
+# With `weights`, these options keep their defaults when the caller does not pass them (the size,
+# head and training options a user gets are the ones the docs promise); every other option a
+# caller does not pass follows the checkpoint (pooling, tokens, normalisation, epsilon, ...).
+_DEFAULTS_KEPT_WITH_WEIGHTS = (
+    "image_size", "patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim",
+    "num_classes", "include_top", "dropout_rate", "attention_dropout_rate", "drop_path_rate",
+    "include_preprocessing", "classifier_activation", "name")
 
 
-# Ranges of the architecture's numbers: (smallest allowed, may be None).
-_NUMBER_RANGES = {"num_layers": (1, False), "hidden_size": (1, False), "num_heads": (1, False),
-                  "mlp_dim": (1, False), "representation_size": (1, True),
-                  "num_registers": (0, False)}
-
-
-def _check_numbers(layer_norm_epsilon, layer_scale_init_value, normalization_std, **integers):
-    for key, value in integers.items():
-        low, optional = _NUMBER_RANGES[key]
-        if value is None and optional:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{key} must be an int >= {low}{' or None' if optional else ''}, "
-                             f"got {value!r}.")
-    if not (isinstance(layer_norm_epsilon, (int, float)) and math.isfinite(layer_norm_epsilon)
-            and layer_norm_epsilon > 0):
-        raise ValueError(f"layer_norm_epsilon must be a positive number, got {layer_norm_epsilon!r}.")
-    if layer_scale_init_value is not None and not (
-            isinstance(layer_scale_init_value, (int, float)) and layer_scale_init_value > 0):
-        raise ValueError(f"layer_scale_init_value must be None or > 0, got "
-                         f"{layer_scale_init_value!r}.")
-    std = np.ravel(np.asarray(normalization_std, dtype="float64"))
-    if std.size not in (1, 3) or not np.all(std > 0):
-        raise ValueError(f"normalization_std must be one or three positive numbers, got "
-                         f"{normalization_std!r}.")
-
-
-def _validate(image_size, patch_size, hidden_size, num_heads, pooling, include_top, num_classes,
-              class_token, class_names, *rates):
-    for axis, size, patch in zip(("height", "width"), image_size, patch_size):
-        if size <= 0 or patch <= 0 or size % patch:
-            raise ValueError(
-                f"image_size {image_size} is not divisible by patch_size {patch_size}: the image "
-                f"{axis} {size} must be a positive multiple of the patch {axis} {patch}."
-            )
-    if hidden_size <= 0 or num_heads <= 0 or hidden_size % num_heads:
-        raise ValueError(
-            f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}: each head needs "
-            f"hidden_size / num_heads channels."
-        )
-    if pooling not in POOLINGS:
-        raise ValueError(f"Unknown pooling {pooling!r}: expected one of {list(POOLINGS)}.")
-    if pooling == "token" and not class_token:
-        raise ValueError("pooling='token' needs class_token=True: it pools the class token.")
-    if include_top and pooling is None:
-        raise ValueError("include_top=True needs a pooling ('token', 'gap' or 'map'), not None.")
-    if include_top and (not isinstance(num_classes, (int, np.integer)) or num_classes <= 0):
-        raise ValueError(f"num_classes must be a positive int with include_top=True, got {num_classes!r}.")
-    if class_names is not None and include_top and len(class_names) != num_classes:
-        raise ValueError(
-            f"class_names has {len(class_names)} names but num_classes is {num_classes}."
-        )
-    for rate in rates:
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"Dropout and drop-path rates must be in [0, 1), got {rate}.")
-
-
-class _Default:
-    """A `ViT()` default the caller did not choose: with `weights`, the checkpoint's value wins."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def __repr__(self):
-        return repr(self.value)
-
-
-def ViT(image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072,
-        num_classes=1000, include_top=True, pooling=_Default("token"),
-        representation_size=_Default(None),
-        dropout_rate=0.0, attention_dropout_rate=0.0, drop_path_rate=0.0,
-        include_preprocessing=True, classifier_activation=None, weights=None, name=None,
-        resample_method=None, **kwargs):
+def ViT(weights=None, resample_method=None, **kwargs):
     """Builds a Vision Transformer; returns a functional `keras.Model` (`VisionTransformer`).
 
     Args:
@@ -357,34 +222,31 @@ def ViT(image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads
             `num_classes` re-initialises the head.
         resample_method: `"bilinear"` or `"bicubic"` for position-embedding resampling when
             loading `weights` at another size; None uses the checkpoint source's own method.
-        **kwargs: `class_token`, `num_registers`, `layer_scale_init_value`, `normalization_mean`,
-            `normalization_std`, `layer_norm_epsilon`, `class_names`, `dtype`.
+        **kwargs: the other fields of `keras_vit.config.ModelConfig` (`class_token`,
+            `num_registers`, `layer_scale_init_value`, `normalization_mean`, `normalization_std`,
+            `layer_norm_epsilon`, `class_names`, `backbone`, `distilled`, `crop_pct`,
+            `interpolation`, ...), and `name`, `dtype`.
 
     Example:
         >>> model = keras_vit.ViT(image_size=32, patch_size=4, hidden_size=64, num_layers=2,
         ...                       num_heads=4, mlp_dim=128, num_classes=10)
     """
-    _check_keywords(kwargs, _MODEL_KEYWORDS, "ViT")
-    config = dict(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
-                  num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim,
-                  num_classes=num_classes, include_top=include_top, pooling=pooling,
-                  representation_size=representation_size, dropout_rate=dropout_rate,
-                  attention_dropout_rate=attention_dropout_rate, drop_path_rate=drop_path_rate,
-                  include_preprocessing=include_preprocessing,
-                  classifier_activation=classifier_activation, name=name, **kwargs)
-    given = {key for key, value in config.items() if not isinstance(value, _Default)}
-    config = {key: value.value if isinstance(value, _Default) else value
-              for key, value in config.items()}
+    check_keywords(kwargs, _MODEL_KEYWORDS, "ViT")
+    config = {**DEFAULTS, "name": None, **kwargs}
     if weights is None:
         return VisionTransformer(**config)
     from keras_vit import weights as weights_lib
 
+    given = set(kwargs) | set(_DEFAULTS_KEPT_WITH_WEIGHTS)
     return weights_lib.build_with_weights(config, weights, resample_method=resample_method,
                                           given=given)
 
 
-_VIT_KEYWORDS = tuple(p for p in inspect.signature(ViT).parameters if p != "kwargs") + tuple(
-    p for p in _MODEL_KEYWORDS if p not in inspect.signature(ViT).parameters)
+ViT.__signature__ = inspect.Signature(
+    [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in
+     [("weights", None), ("resample_method", None), *DEFAULTS.items(), ("name", None),
+      ("dtype", None)]])
+_VIT_KEYWORDS = _MODEL_KEYWORDS + ("weights", "resample_method")
 
 
 def _variant_builder(variant, function_name, defaults=None):
@@ -394,7 +256,7 @@ def _variant_builder(variant, function_name, defaults=None):
     defaults = {"name": function_name.lower(), **(defaults or {})}
 
     def builder(image_size=224, num_classes=1000, include_top=True, weights=None, **kwargs):
-        _check_keywords(kwargs, _VIT_KEYWORDS, function_name)
+        check_keywords(kwargs, _VIT_KEYWORDS, function_name)
         clash = sorted(set(kwargs) & fixed)
         if clash:
             raise ValueError(

@@ -436,3 +436,29 @@ def test_distilled_options_round_trip_and_refusals(tmp_path):
     class_head = keras.Model(model.input, model.get_layer("head").output)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(single(images)),
                                keras.ops.convert_to_numpy(class_head(images)), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the model config
+def test_the_model_config_is_the_one_source_of_options(tmp_path):
+    model = keras_vit.ViT(image_size=(32, 48), patch_size=8, hidden_size=16, num_layers=1,
+                          num_heads=2, mlp_dim=16, num_classes=3, crop_pct=1.0,
+                          interpolation="bilinear", normalization_mean=(0.485, 0.456, 0.406),
+                          normalization_std=(0.229, 0.224, 0.225))
+    config = model.get_config()
+    fields = set(keras_vit.config.FIELDS)
+    assert set(config) == fields | {"name", "trainable", "dtype"}
+    assert model.preprocessing_config == {
+        "image_size": (32, 48), "include_preprocessing": True,
+        "normalization_mean": [0.485, 0.456, 0.406], "normalization_std": [0.229, 0.224, 0.225],
+        "crop_pct": 1.0, "interpolation": "bilinear"}
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert loaded.preprocessing_config == model.preprocessing_config  # travels in the file
+    assert (loaded.crop_pct, loaded.grid_size, loaded.num_prefix_tokens) == (1.0, (4, 6), 1)
+    with pytest.raises(ValueError, match="crop_pct must be a number in"):
+        keras_vit.ViT(image_size=32, patch_size=8, crop_pct=0.0)
+    with pytest.raises(ValueError, match="interpolation"):
+        keras_vit.ViT(image_size=32, patch_size=8, interpolation="lanczos")
+    import inspect
+
+    assert "crop_pct" in inspect.signature(keras_vit.ViT).parameters  # help() shows every option
