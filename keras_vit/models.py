@@ -262,8 +262,11 @@ def _variant_builder(variant, function_name, defaults=None):
             raise ValueError(
                 f"{function_name} fixes {clash}; use keras_vit.ViT(...) for another architecture."
             )
+        # With weights, the checkpoint decides what the defaults would (DeiT's statistics and
+        # distillation token); only the name stays.
+        chosen = defaults if weights is None else {"name": defaults["name"]}
         return ViT(image_size=image_size, num_classes=num_classes, include_top=include_top,
-                   weights=weights, **architecture, **{**defaults, **kwargs})
+                   weights=weights, **architecture, **{**chosen, **kwargs})
 
     builder.__name__ = builder.__qualname__ = function_name
     if function_name.startswith("DeiT"):

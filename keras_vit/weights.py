@@ -6,6 +6,8 @@
     model = keras_vit.load_pretrained("deit_tiny_patch16_224/model.safetensors")     # timm file
     model = keras_vit.load_pretrained("runs/x/model.keras")  # a trained model, safe mode, as saved
     model = keras_vit.load_pretrained("hf://timm/deit_tiny_patch16_224.fb_in1k")  # the Hub (hub.py)
+    model = keras_vit.R50ViTB16(weights="imagenet21k+imagenet2012")  # a hybrid (ResNet + ViT)
+    model = keras_vit.DeiTTi16(distilled=True, weights="imagenet1k")  # distilled DeiT, via the Hub
 
 Every format is converted to one canonical state dict `{keras variable path: np.ndarray}` (the
 paths in `keras_vit.layers`' docstring), then assigned by `variable.path` with strict checks: no
@@ -31,6 +33,7 @@ import numpy as np
 
 from keras_vit import layers as L
 from keras_vit import models as M
+from keras_vit import resnet
 
 logger = logging.getLogger("keras_vit")
 
@@ -60,8 +63,21 @@ class WeightsEntry:
     @property
     def fname(self):
         """Cache file name; the paper's folders reuse base names, so the folder is part of it."""
-        folder, name = self.url.split("/")[-2:]
-        return name if folder == "augreg" else f"{folder.replace('%2B', '+')}_{name}"
+        folder, name = self.url.replace("%2B", "+").split("/")[-2:]
+        return name if folder == "augreg" else f"{folder}_{name}"
+
+    @property
+    def on_hub(self):
+        """A Hugging Face Hub repository (`hf://...`): fetched and verified by its client."""
+        return self.url.startswith("hf://")
+
+    @property
+    def names(self):
+        """What `load_pretrained` finds the entry by besides `VARIANT:NAME`: its URL and file name
+        (and cache name); a Hub entry also by its timm model name, with and without the tag
+        (`deit_tiny_patch16_224.fb_in1k`, `deit_tiny_patch16_224`)."""
+        last = self.url.rsplit("/", 1)[-1].replace("%2B", "+")
+        return (self.url, last, last.split(".")[0]) if self.on_hub else (self.url, last, self.fname)
 
 
 _GCS = "https://storage.googleapis.com/vit_models"
@@ -82,13 +98,28 @@ _AUGREG = {  # variant: (pre-training file stem, 224px fine-tuned stem, 384px fi
             "--imagenet2012-steps_20k-lr_0.01-res_224", None),
     "L/16": ("L_16-i21k-300ep-lr_0.001-aug_strong1-wd_0.1-do_0.0-sd_0.0", None,
              "--imagenet2012-steps_20k-lr_0.01-res_384"),
+    # The hybrids (the README's R+Ti/16, R26+S/32 and R50+L/32 rows).
+    "R+Ti/16": ("R_Ti_16-i21k-300ep-lr_0.001-aug_none-wd_0.03-do_0.0-sd_0.0",
+                "--imagenet2012-steps_20k-lr_0.03-res_224", "--imagenet2012-steps_20k-lr_0.03-res_384"),
+    "R26+S/32": ("R26_S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0", None,
+                 "--imagenet2012-steps_20k-lr_0.01-res_384"),
+    "R50+L/32": ("R50_L_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1",
+                 "--imagenet2012-steps_20k-lr_0.01-res_224", "--imagenet2012-steps_20k-lr_0.01-res_384"),
 }
 # 224px fine-tunes that timm ships from other pre-training runs than the recommended ones.
 _AUGREG_224_OTHER = {
     "S/32": "S_32-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224",
     "B/32": "B_32-i21k-300ep-lr_0.001-aug_medium1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.03-res_224",
     "L/16": "L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224",
+    "R26+S/32": "R26_S_32-i21k-300ep-lr_0.001-aug_light0-wd_0.03-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.03-res_224",
 }
+# The paper's hybrids in its folders (R50+ViT-B/16 is the one its README announces; the
+# ImageNet-21k folder also holds R50+ViT-L/32).
+_PAPER_HYBRIDS = {"R50+B/16": ("R50%2BViT-B_16.npz", True), "R50+L/32": ("R50%2BViT-L_32.npz", False)}
+# DeiT (Touvron et al., 2020): the official weights are pickles (dl.fbaipublicfiles.com/deit/*.pth),
+# which are never loaded; timm's Hub repositories publish the same weights as safetensors, with a
+# config.json holding the architecture and ImageNet mean/std. variant: timm size name.
+_DEIT_SIZES = {"Ti/16": "tiny", "S/16": "small", "B/16": "base"}
 _AUGREG_IN1K = {  # AugReg trained on ImageNet-1k only
     "S/16": "S_16-i1k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_224",
     "B/16": "B_16-i1k-300ep-lr_0.001-aug_strong2-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224",
@@ -107,6 +138,23 @@ def _build_registry():
             registry[variant, "imagenet21k+imagenet2012"] = WeightsEntry(
                 f"{_GCS}/imagenet21k%2Bimagenet2012/{file}", 384, 1000,
                 "ViT paper, ImageNet-21k pre-training, ImageNet-1k fine-tuning at 384px")
+    for variant, (file, fine_tuned) in _PAPER_HYBRIDS.items():
+        registry[variant, "imagenet21k"] = WeightsEntry(
+            f"{_GCS}/imagenet21k/{file}", 224, 21843,
+            "ViT paper hybrid, ImageNet-21k pre-training (zero head: for fine-tuning)")
+        if fine_tuned:
+            registry[variant, "imagenet21k+imagenet2012"] = WeightsEntry(
+                f"{_GCS}/imagenet21k%2Bimagenet2012/{file}", 384, 1000,
+                "ViT paper hybrid, ImageNet-21k pre-training, ImageNet-1k fine-tuning at 384px")
+    for variant, size in _DEIT_SIZES.items():
+        resolutions = (224, 384) if variant == "B/16" else (224,)
+        for resolution, distilled in ((r, d) for r in resolutions for d in (False, True)):
+            name = "imagenet1k" + ("_384" if resolution == 384 else "") + ("_distilled" if distilled else "")
+            registry[variant, name] = WeightsEntry(
+                f"hf://timm/deit_{size}{'_distilled' if distilled else ''}_patch16_{resolution}"
+                f".fb_in1k", resolution, 1000,
+                f"DeiT{', distilled (two heads)' if distilled else ''}, ImageNet-1k only at "
+                f"{resolution}px (timm's safetensors of Facebook's weights)")
     for variant in ("B/16", "L/16"):
         file = f"ViT-{variant.replace('/', '_')}-224.npz"
         registry[variant, "imagenet21k+imagenet2012_224"] = WeightsEntry(
@@ -126,9 +174,10 @@ def _build_registry():
     for variant, stem in _AUGREG_IN1K.items():
         registry[variant, "augreg_in1k"] = WeightsEntry(
             f"{_GCS}/augreg/{stem}.npz", 224, 1000, "AugReg, ImageNet-1k only")
-    # The paper published no Ti/S/B-8 models: their paper-style names point at AugReg's.
-    for variant in ("Ti/16", "S/16", "S/32", "B/8"):
-        registry[variant, "imagenet21k"] = registry[variant, "augreg_in21k"]
+    # The paper published no Ti/S/B-8 models and no R+Ti/16, R26+S/32 or fine-tuned R50+L/32:
+    # their paper-style names point at AugReg's.
+    for variant in ("Ti/16", "S/16", "S/32", "B/8", "R+Ti/16", "R26+S/32", "R50+L/32"):
+        registry.setdefault((variant, "imagenet21k"), registry[variant, "augreg_in21k"])
         fine_tuned = registry.get((variant, "augreg_in21k_ft_in1k_384"),
                                   registry[variant, "augreg_in21k_ft_in1k"])
         registry[variant, "imagenet21k+imagenet2012"] = fine_tuned
@@ -142,8 +191,8 @@ def describe_registry():
     """Printable lines, one per registered checkpoint (`keras-vit info` shows them)."""
     lines = ["Registered weights (variant, name, resolution, classes, SHA-256, URL):"]
     for (variant, name), entry in sorted(REGISTRY.items()):
-        pinned = entry.sha256[:12] if entry.sha256 else "not pinned"
-        lines.append(f"  {variant:<6} {name:<30} {entry.resolution}px {entry.num_classes:>6} classes"
+        pinned = entry.sha256[:12] if entry.sha256 else "by the Hub" if entry.on_hub else "not pinned"
+        lines.append(f"  {variant:<8} {name:<30} {entry.resolution}px {entry.num_classes:>6} classes"
                      f"  sha256: {pinned:<12}  {entry.url}")
     lines.append("Use them as keras_vit.ViTB16(weights='imagenet21k') or "
                  "keras_vit.load_pretrained('B/16:imagenet21k'); local files load by path.")
@@ -155,17 +204,31 @@ def registry_entry(variant, name):
     if (variant, name) not in REGISTRY:
         names = sorted(n for v, n in REGISTRY if v == variant)
         raise ValueError(
-            f"No registered weights {name!r} for ViT-{variant}: expected one of {names}"
+            f"No registered weights {name!r} for {_display_name(variant)}: expected one of {names}"
             + ("" if names else " (none are registered for this variant)")
             + ", or a local checkpoint path."
         )
     return REGISTRY[variant, name]
 
 
+def _display_name(variant):
+    return variant if variant in M.HYBRID_VARIANTS else f"ViT-{variant}"  # "R50+B/16", "ViT-B/16"
+
+
 def cache_folder():
     """Where registered checkpoints are cached: `$KERAS_HOME/keras_vit` (default `~/.keras/keras_vit`)."""
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     return os.path.join(home, "keras_vit")
+
+
+def fetch(entry):
+    """The local path of a registered checkpoint: `download(entry)`, or for a Hub entry the
+    snapshot `keras_vit.hub` fetches (the client verifies each file against the Hub's SHA-256)."""
+    if entry.on_hub:
+        from keras_vit import hub
+
+        return hub.snapshot(entry.url)
+    return download(entry)
 
 
 def download(entry):
@@ -282,12 +345,26 @@ def _sha256(path):
 
 
 def _variant_of(config):
-    """`"B/16"` for a ViT kwargs dict with that patch, width and depth; None otherwise."""
+    """`"B/16"` for a ViT kwargs dict with that patch, width and depth (`"R50+B/16"` with the
+    hybrid's backbone too); None otherwise."""
     patch = L._pair(config.get("patch_size", 16), "patch_size")
-    for variant, (p, hidden, depth, _, _) in M.VARIANTS.items():
-        if patch == (p, p) and (config.get("hidden_size"), config.get("num_layers")) == (hidden, depth):
+    for variant in (*M.VARIANTS, *M.HYBRID_VARIANTS):
+        wanted = M.variant_config(variant)
+        if (patch == L._pair(wanted["patch_size"], "patch_size")
+                and (config.get("hidden_size"), config.get("num_layers"))
+                == (wanted["hidden_size"], wanted["num_layers"])
+                and _backbone_shape(config.get("backbone")) == _backbone_shape(wanted.get("backbone"))):
             return variant
     return None
+
+
+def _backbone_shape(backbone):
+    """A hybrid's backbone config without its numerics (which follow the checkpoint's source):
+    `{"block_units": [...], "width_factor": w}`; None without a backbone."""
+    if not isinstance(backbone, dict):
+        return backbone  # None, or a bad value the model names when it is built
+    return {"block_units": list(backbone.get("block_units", ())),
+            "width_factor": backbone.get("width_factor", 1)}
 
 
 def _resolve(path_or_name):
@@ -303,16 +380,16 @@ def _resolve(path_or_name):
         return path, None
     if ":" in path:
         variant, name = path.split(":", 1)
-        if variant in M.VARIANTS:
-            return download(registry_entry(variant, name)), variant
+        if variant in M.VARIANTS or variant in M.HYBRID_VARIANTS:
+            return fetch(registry_entry(variant, name)), variant
     for (variant, _), entry in REGISTRY.items():
-        if path in (entry.fname, entry.url.rsplit("/", 1)[-1], entry.url):
-            return download(entry), variant
+        if path in entry.names:
+            return fetch(entry), variant
     raise FileNotFoundError(
         f"No checkpoint at {path!r}: expected a local file or folder (Google .npz, Hugging Face "
         f"folder or .safetensors, timm .safetensors, a .keras model), 'hf://ORG/NAME[@REVISION]' "
         f"(the Hugging Face Hub), 'VARIANT:NAME' such as 'B/16:imagenet21k', or a registered file "
-        f"name (keras_vit.weights.describe_registry() lists them)."
+        f"or timm model name (keras_vit.weights.describe_registry() lists them)."
     )
 
 
@@ -326,7 +403,9 @@ class Checkpoint:
 
     `architecture` holds `VisionTransformer` kwargs (patch_size, hidden_size, num_layers,
     num_heads, mlp_dim, image_size, num_classes (None without a head), representation_size,
-    pooling, class_token, num_registers, layer_scale_init_value).
+    pooling, class_token, num_registers, layer_scale_init_value, backbone (a hybrid's ResNet with
+    its source's numerics, else None), distilled, distillation_head). A hybrid's `patch_size` is
+    on the ResNet's feature map.
     """
 
     state: dict
@@ -366,11 +445,6 @@ def read_checkpoint(path, num_heads=None, image_size=None):
     tensors = _read_npz(files[0]) if kind == "npz" else _read_safetensors(files, weight_map)
     _check_finite(tensors, path)
     keys = set(tensors)
-    if any(k.endswith(("dist_token", "distillation_token")) for k in keys):
-        raise ValueError(f"{files[0]!r} is a distilled DeiT checkpoint (a distillation token and a "
-                         f"second head): keras_vit does not support that family yet. Non-distilled "
-                         f"DeiT checkpoints load (timm's deit_tiny_patch16_224.fb_in1k, "
-                         f"facebook/deit-tiny-patch16-224).")
     processor = _processor_normalization(configs.get("preprocessor_config.json"), path)
     if kind == "npz":
         checkpoint = _from_google(tensors, files[0], image_size)
@@ -383,8 +457,9 @@ def read_checkpoint(path, num_heads=None, image_size=None):
     else:
         raise ValueError(
             f"{files[0]!r} is a safetensors file but not a ViT checkpoint this library knows: "
-            f"expected Hugging Face keys ('vit.embeddings.patch_embeddings.projection.weight', ...) "
-            f"or timm keys ('patch_embed.proj.weight', ...); it has {sorted(keys)[:5]} ..."
+            f"expected Hugging Face keys ('vit.embeddings.patch_embeddings.projection.weight', "
+            f"'deit.embeddings...', ...) or timm keys ('patch_embed.proj.weight', ...); it has "
+            f"{sorted(keys)[:5]} ..."
         )
     checkpoint.path = path
     return checkpoint
@@ -644,13 +719,24 @@ def _canonical_position_embedding(pos, grid, num_prefix, path):
                      f"{count} patches ({grid[0]}x{grid[1]}) nor {count + num_prefix} tokens.")
 
 
-def _fold_prefix(state, prefix_pos, has_class, num_registers):
-    """Class entry -> position embedding; register entries are added to the register tokens,
-    because this model adds no position to registers (the sum is what the source computes)."""
-    class_pos = prefix_pos[:, : int(has_class)]
+def _fold_prefix(state, prefix_pos, num_kept, num_registers):
+    """The first `num_kept` entries (class and distillation tokens) stay in the position
+    embedding; register entries are added to the register tokens, because this model adds no
+    position to registers (the sum is what the source computes)."""
     if num_registers:
-        state["register_tokens/tokens"] = state["register_tokens/tokens"] + prefix_pos[:, int(has_class):]
-    return class_pos
+        state["register_tokens/tokens"] = state["register_tokens/tokens"] + prefix_pos[:, num_kept:]
+    return prefix_pos[:, :num_kept]
+
+
+def _add_backbone(state, converted):
+    """Puts a hybrid's ResNet (`resnet.from_npz / from_timm`'s `(state, config)`) under the
+    model's `backbone/` layer. Returns `(config or None, stride)`: image pixels per pixel of the
+    feature map the patches are cut from (1 without a backbone)."""
+    backbone_state, backbone = converted
+    if backbone is None:
+        return None, 1
+    state.update({"backbone/" + path: value for path, value in backbone_state.items()})
+    return backbone, resnet.backbone_stride(backbone["block_units"])
 
 
 def _block_count(keys, pattern, example, path):
@@ -674,10 +760,13 @@ def _check_declared(path, declared, architecture):
     and a standard width with another than its standard depth is warned about."""
     names = {"num_layers": "encoder blocks", "hidden_size": "width (hidden_size)",
              "patch_size": "patch size", "mlp_dim": "MLP width (mlp_dim)",
-             "num_classes": "classes in the head"}
+             "num_classes": "classes in the head", "distilled": "distillation token",
+             "block_units": "ResNet units per stage"}
+    backbone = architecture.get("backbone")
     wrong = []
     for key, value in declared.items():
-        found = architecture[key]
+        found = architecture[key] if key != "block_units" else (
+            list(backbone["block_units"]) if backbone else "no ResNet")
         if key == "patch_size" and value is not None:
             value = L._pair(value, "patch_size")
         if key == "num_classes" and value == 0:
@@ -710,6 +799,9 @@ def _from_google(raw, path, image_size=None):
     tensors = _Tensors({k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}, path)
     _unstack_scanned_blocks(tensors)
     state = {}
+    # A hybrid (vit_jax's R50+ViT-B_16, AugReg's R_Ti_16 ...): the ResNet comes first, and
+    # `embedding` cuts patches from its feature map.
+    backbone, stride = _add_backbone(state, resnet.from_npz(tensors.tensors, path))
     kernel = tensors.take("embedding/kernel", "patch_embedding/projection/kernel")
     patch, hidden = (int(kernel.shape[0]), int(kernel.shape[1])), int(kernel.shape[-1])
     state["patch_embedding/projection/kernel"] = kernel
@@ -720,7 +812,8 @@ def _from_google(raw, path, image_size=None):
     pos_key = next((k for k in ("Transformer/posembed_input/pos_embedding", "pos_embedding",
                                 "Transformer/pos_embedding") if k in tensors), "pos_embedding")
     pos = _position_embedding(tensors, pos_key, path)
-    grid = _infer_grid(pos.shape[-2], int(has_class), patch, image_size, path)
+    grid = _infer_grid(pos.shape[-2], int(has_class), (patch[0] * stride, patch[1] * stride),
+                       image_size, path)
     class_pos, grid_pos = _canonical_position_embedding(pos, grid, int(has_class), path)
     state["position_embedding/embedding"] = np.concatenate([class_pos, grid_pos], axis=1)
 
@@ -741,9 +834,10 @@ def _from_google(raw, path, image_size=None):
     tensors.check_consumed("Google .npz")
     architecture = dict(
         patch_size=patch, hidden_size=hidden, num_layers=depth, num_heads=heads, mlp_dim=mlp_dim,
-        image_size=(grid[0] * patch[0], grid[1] * patch[1]), num_classes=num_classes,
-        representation_size=representation_size, pooling=pooling, class_token=has_class,
-        num_registers=0, layer_scale_init_value=None)
+        image_size=(grid[0] * patch[0] * stride, grid[1] * patch[1] * stride),
+        num_classes=num_classes, representation_size=representation_size, pooling=pooling,
+        class_token=has_class, num_registers=0, layer_scale_init_value=None, backbone=backbone,
+        distilled=False, distillation_head=True)
     _check_declared(path, {}, architecture)  # Google files come without a config
     return Checkpoint(state, architecture, M.GOOGLE_NORMALIZATION, L.LAYER_NORM_EPSILON,
                       _default_class_names(num_classes),
@@ -825,7 +919,7 @@ def _dense(tensors, src, dst, state):
 
 
 # ----------------------------------------------------------------------------------------------
-# Hugging Face transformers ViT
+# Hugging Face transformers ViT and DeiT
 
 
 # Block sub-module names: the hub's files (and save_pretrained) | transformers >= 5 in memory.
@@ -842,7 +936,10 @@ _HF_BLOCK = {
 
 
 def _from_huggingface(raw, config, processor, path, num_heads=None, image_size=None):
-    prefix = "vit." if any(k.startswith("vit.") for k in raw) else ""
+    """ViT (`vit.` prefix) and DeiT (`deit.`: a distillation token after the class token, with
+    `cls_classifier` + `distillation_classifier` in DeiTForImageClassificationWithTeacher, or one
+    `classifier` on the class token in DeiTForImageClassification)."""
+    prefix = next((p for p in ("vit.", "deit.") if any(k.startswith(p) for k in raw)), "")
     tensors = _Tensors({(k[len(prefix):] if k.startswith(prefix) else k): v
                         for k, v in raw.items()}, path)
     state = {}
@@ -852,11 +949,16 @@ def _from_huggingface(raw, config, processor, path, num_heads=None, image_size=N
         "embeddings.patch_embeddings.projection.bias", "patch_embedding/projection/bias")
     hidden, patch = int(weight.shape[0]), (int(weight.shape[2]), int(weight.shape[3]))
     state["class_token/token"] = tensors.take("embeddings.cls_token", "class_token/token")
+    distilled = "embeddings.distillation_token" in tensors
+    if distilled:
+        state["distillation_token/tokens"] = tensors.take("embeddings.distillation_token",
+                                                          "distillation_token/tokens")
+    num_prefix = 1 + int(distilled)
     pos = _position_embedding(tensors, "embeddings.position_embeddings", path)
     grid = (_grid_from_config(config, "image_size", patch, path)
-            or _infer_grid(pos.shape[-2], 1, patch, image_size, path))
-    class_pos, grid_pos = _canonical_position_embedding(pos, grid, 1, path)
-    state["position_embedding/embedding"] = np.concatenate([class_pos, grid_pos], axis=1)
+            or _infer_grid(pos.shape[-2], num_prefix, patch, image_size, path))
+    prefix_pos, grid_pos = _canonical_position_embedding(pos, grid, num_prefix, path)
+    state["position_embedding/embedding"] = np.concatenate([prefix_pos, grid_pos], axis=1)
 
     legacy = any(k.startswith("encoder.layer.") for k in tensors.tensors)
     block_prefix = "encoder.layer." if legacy else "layers."
@@ -881,10 +983,15 @@ def _from_huggingface(raw, config, processor, path, num_heads=None, image_size=N
         state["pre_logits/kernel"], state["pre_logits/bias"] = _torch_linear(
             tensors, "pooler.dense", "pre_logits")
         representation_size = int(state["pre_logits/kernel"].shape[1])
-    if "classifier.weight" in tensors:
-        state["head/kernel"], state["head/bias"] = _torch_linear(tensors, "classifier", "head")
+    if distilled and "cls_classifier.weight" in tensors:  # ...WithTeacher: a head on each token
+        heads = (("head", "cls_classifier"), ("head_dist", "distillation_classifier"))
+    else:
+        heads = (("head", "classifier"),) if "classifier.weight" in tensors else ()
+    for name, source in heads:
+        state[name + "/kernel"], state[name + "/bias"] = _torch_linear(tensors, source, name)
+    if heads:
         num_classes = int(state["head/kernel"].shape[1])
-    tensors.check_consumed("Hugging Face ViT")
+    tensors.check_consumed("Hugging Face DeiT" if prefix == "deit." else "Hugging Face ViT")
     if config.get("hidden_act", "gelu") != "gelu":
         logger.warning("%s: hidden_act is %r; keras_vit computes the exact GELU, so outputs will "
                        "differ slightly from the source model.", path, config["hidden_act"])
@@ -894,12 +1001,19 @@ def _from_huggingface(raw, config, processor, path, num_heads=None, image_size=N
         mlp_dim=int(state["encoderblock_0/mlp/fc1/kernel"].shape[1]),
         image_size=(grid[0] * patch[0], grid[1] * patch[1]), num_classes=num_classes,
         representation_size=representation_size, pooling="token", class_token=True,
-        num_registers=0, layer_scale_init_value=None)
+        num_registers=0, layer_scale_init_value=None, backbone=None, distilled=distilled,
+        distillation_head=not distilled or "head_dist/kernel" in state)
     _check_declared(path, {"num_layers": _config_int(config, "num_hidden_layers", path),
                            "hidden_size": _config_int(config, "hidden_size", path),
                            "patch_size": _config_int(config, "patch_size", path),
                            "mlp_dim": _config_int(config, "intermediate_size", path)}, architecture)
     normalization = processor or M.GOOGLE_NORMALIZATION  # ViTImageProcessor's default: 0.5, 0.5
+    if processor is None and prefix == "deit.":
+        # DeiT trains on ImageNet mean/std (facebook/deit-* ship them in preprocessor_config.json;
+        # DeiTImageProcessor's own default would be 0.5).
+        logger.info("%s: a DeiT checkpoint without preprocessor_config.json: assuming DeiT's "
+                    "ImageNet mean/std.", path)
+        normalization = M.IMAGENET_NORMALIZATION
     epsilon = config.get("layer_norm_eps", 1e-12)
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0:
         raise ValueError(f"{path!r}: 'layer_norm_eps' in its config.json must be a positive "
@@ -988,9 +1102,31 @@ def _default_class_names(num_classes):
 
 
 # timm model names that fix an architecture: family_size_patchN_resolution.
-_TIMM_NAME = re.compile(r"(?:vit|deit|deit3)_(tiny|small|base|large|huge)_patch(\d+)_\d+")
+_TIMM_NAME = re.compile(r"(?:vit|deit|deit3)_(tiny|small|base|large|huge)(_distilled)?_patch(\d+)_\d+")
 _TIMM_SIZES = {"tiny": (192, 12), "small": (384, 12), "base": (768, 12), "large": (1024, 24),
                "huge": (1280, 32)}
+# timm's hybrids: vit_{size}_r{resnet}_s{nominal stride}[_p{patch}]_{resolution}, their ResNet
+# units per stage (timm's vision_transformer_hybrid.py); the patch is 1 unless `_p` says.
+_TIMM_HYBRID_NAME = re.compile(r"vit_(tiny|small|base|large)_r(\d*)_s(\d+)(?:_p(\d+))?_\d+")
+_TIMM_HYBRID_UNITS = {("", "16"): [], ("26", "32"): [2, 2, 2, 2], ("50", "16"): [3, 4, 9],
+                      ("50", "32"): [3, 4, 6, 3]}
+
+
+def _timm_name_implies(name):
+    """The architecture a standard timm model name fixes: `deit_tiny_distilled_patch16_224` ->
+    width 192, 12 blocks, patch 16, distilled; `vit_base_r50_s16_224` -> width 768, 12 blocks,
+    patch 1 on the feature map of ResNet units [3, 4, 9]. {} for other names."""
+    plain, hybrid = _TIMM_NAME.fullmatch(name), _TIMM_HYBRID_NAME.fullmatch(name)
+    if plain:
+        width, depth = _TIMM_SIZES[plain.group(1)]
+        return {"num_layers": depth, "hidden_size": width, "patch_size": int(plain.group(3)),
+                "distilled": bool(plain.group(2))}
+    if hybrid and (hybrid.group(2), hybrid.group(3)) in _TIMM_HYBRID_UNITS:
+        width, depth = _TIMM_SIZES[hybrid.group(1)]
+        return {"num_layers": depth, "hidden_size": width, "patch_size": int(hybrid.group(4) or 1),
+                "distilled": False,
+                "block_units": _TIMM_HYBRID_UNITS[hybrid.group(2), hybrid.group(3)]}
+    return {}
 
 
 def _timm_declared(config, path):
@@ -1002,15 +1138,11 @@ def _timm_declared(config, path):
                                 or _config_int(config, "num_features", path)),
                 "patch_size": _config_int(model_args, "patch_size", path),
                 "num_classes": _config_int(config, "num_classes", path)}
-    name = _TIMM_NAME.fullmatch(str(config.get("architecture", "")))
-    if name:
-        width, depth = _TIMM_SIZES[name.group(1)]
-        implied = {"num_layers": depth, "hidden_size": width, "patch_size": int(name.group(2))}
-        for key, value in implied.items():
-            if declared[key] is not None and declared[key] != value:
-                raise ValueError(f"{path!r}: its config.json names the model "
-                                 f"{config['architecture']!r} but declares {key} {declared[key]}.")
-            declared[key] = value
+    for key, value in _timm_name_implies(str(config.get("architecture", ""))).items():
+        if declared.get(key) is not None and declared[key] != value:
+            raise ValueError(f"{path!r}: its config.json names the model "
+                             f"{config['architecture']!r} but declares {key} {declared[key]}.")
+        declared[key] = value
     return declared
 
 
@@ -1022,13 +1154,24 @@ def _from_timm(raw, config, processor, path, num_heads=None, image_size=None):
             f"keras_vit's ViT normalises before pooling (encoder_norm), so it cannot hold it."
         )
     state = {}
+    # A hybrid (vit_base_r50_s16_224 ...): `patch_embed.backbone` is the ResNet, `patch_embed.proj`
+    # cuts patches from its feature map.
+    backbone, stride = _add_backbone(state, resnet.from_timm(tensors.tensors, source=path))
     weight = tensors.take("patch_embed.proj.weight", "patch_embedding/projection/kernel")
     state["patch_embedding/projection/kernel"] = weight.transpose(2, 3, 1, 0)  # OIHW -> HWIO
     state["patch_embedding/projection/bias"] = tensors.take("patch_embed.proj.bias", "patch_embedding")
     hidden, patch = int(weight.shape[0]), (int(weight.shape[2]), int(weight.shape[3]))
-    has_class = "cls_token" in tensors
+    pixel_patch = (patch[0] * stride, patch[1] * stride)
+    has_class, distilled = "cls_token" in tensors, "dist_token" in tensors
+    if distilled and (not has_class or "reg_token" in tensors):
+        raise ValueError(f"Checkpoint {path!r} has a distillation token (dist_token) "
+                         f"{'without a class token' if not has_class else 'and register tokens'}: "
+                         f"timm's distilled DeiT puts it right after the class token, and "
+                         f"keras_vit holds only that layout.")
     if has_class:
         state["class_token/token"] = tensors.take("cls_token", "class_token/token")
+    if distilled:
+        state["distillation_token/tokens"] = tensors.take("dist_token", "distillation_token/tokens")
     num_registers = 0
     if "reg_token" in tensors:
         state["register_tokens/tokens"] = tensors.take("reg_token", "register_tokens/tokens")
@@ -1041,12 +1184,12 @@ def _from_timm(raw, config, processor, path, num_heads=None, image_size=None):
                          f"[channels, height, width], got {input_size!r:.100}.")
     pretrained_size = {"input_size": None if input_size is None or None in input_size else input_size[1:]}
     pos = _position_embedding(tensors, "pos_embed", path)
-    num_prefix = int(has_class) + num_registers
-    grid = (_grid_from_config(model_args, "img_size", patch, path)
-            or _grid_from_config(pretrained_size, "input_size", patch, path)
-            or _infer_grid(pos.shape[-2], num_prefix, patch, image_size, path))
+    num_prefix = int(has_class) + int(distilled) + num_registers
+    grid = (_grid_from_config(model_args, "img_size", pixel_patch, path)
+            or _grid_from_config(pretrained_size, "input_size", pixel_patch, path)
+            or _infer_grid(pos.shape[-2], num_prefix, pixel_patch, image_size, path))
     prefix_pos, grid_pos = _canonical_position_embedding(pos, grid, num_prefix, path)
-    class_pos = _fold_prefix(state, prefix_pos, has_class, num_registers)
+    class_pos = _fold_prefix(state, prefix_pos, int(has_class) + int(distilled), num_registers)
     state["position_embedding/embedding"] = np.concatenate([class_pos, grid_pos], axis=1)
 
     depth = _block_count(tensors.tensors, r"blocks\.(\d+)\.", "blocks.{}.", path)
@@ -1078,16 +1221,18 @@ def _from_timm(raw, config, processor, path, num_heads=None, image_size=None):
         raise ValueError(f"Checkpoint {path!r}: timm global_pool {global_pool!r} is not supported; "
                          f"expected 'token', 'avg' or 'map'.")
     num_classes = None
-    if "head.weight" in tensors:
-        state["head/kernel"], state["head/bias"] = _torch_linear(tensors, "head", "head")
-        num_classes = int(state["head/kernel"].shape[1])
+    for name in ("head", "head_dist") if distilled else ("head",):  # head_dist: the dist token's
+        if name + ".weight" in tensors:
+            state[name + "/kernel"], state[name + "/bias"] = _torch_linear(tensors, name, name)
+            num_classes = num_classes or int(state[name + "/kernel"].shape[1])
     tensors.check_consumed("timm")
     architecture = dict(
         patch_size=patch, hidden_size=hidden, num_layers=depth, num_heads=heads,
         mlp_dim=int(state["encoderblock_0/mlp/fc1/kernel"].shape[1]),
-        image_size=(grid[0] * patch[0], grid[1] * patch[1]), num_classes=num_classes,
+        image_size=(grid[0] * pixel_patch[0], grid[1] * pixel_patch[1]), num_classes=num_classes,
         representation_size=None, pooling=pooling, class_token=has_class,
-        num_registers=num_registers, layer_scale_init_value=layer_scale)
+        num_registers=num_registers, layer_scale_init_value=layer_scale, backbone=backbone,
+        distilled=distilled, distillation_head=not distilled or "head_dist/kernel" in state)
     _check_declared(path, _timm_declared(config, path), architecture)
     normalization = pretrained if "mean" in pretrained else config
     if normalization.get("mean") is not None and normalization.get("std") is not None:
@@ -1144,7 +1289,11 @@ def load_pretrained(path_or_name, image_size=None, num_classes=None, include_top
         path_or_name: a local checkpoint (Google `.npz`; Hugging Face folder or `.safetensors`;
             timm `.safetensors`, with its config.json beside it; a `.keras` model), a Hub
             repository `"hf://ORG/NAME[@REVISION]"` (`keras_vit.hub`: needs huggingface_hub),
-            `"B/16:imagenet21k"`, or a registered file name (downloaded once, cached).
+            `"B/16:imagenet21k"`, `"R50+B/16:imagenet21k"`, or a registered file or timm model
+            name (`"deit_tiny_distilled_patch16_224"`). Hybrids (a ResNet's feature map as the
+            token grid: vit_jax's `R50+ViT-B_16.npz`, AugReg's `R_Ti_16-...`, timm's
+            `vit_base_r50_s16_224`) and distilled DeiT (timm's `dist_token` + `head_dist`,
+            transformers' DeiT folders) are read from the file like any ViT.
         image_size: None keeps the checkpoint's; another size resamples the position embeddings.
         num_classes: None keeps the checkpoint's head; another count gets a new zero head.
         include_top: False drops the head (and pre_logits) and returns pooled features.
@@ -1166,10 +1315,10 @@ def load_pretrained(path_or_name, image_size=None, num_classes=None, include_top
         return load_keras_model(path)
     checkpoint = _read_any(path, kwargs.get("num_heads"), image_size)
     if variant is not None:
-        _check_architecture(checkpoint, M.variant_config(variant), f"ViT-{variant}",
+        _check_architecture(checkpoint, M.variant_config(variant), _display_name(variant),
                             "the registered checkpoint is incomplete or not the one registered")
     config = dict(checkpoint.architecture)
-    asked = {k: kwargs[k] for k in M.ARCHITECTURE_ARGS if k in kwargs}
+    asked = {k: kwargs[k] for k in (*M.ARCHITECTURE_ARGS, "backbone") if k in kwargs}
     _check_architecture(checkpoint, {**config, **asked}, "the arguments",
                         "leave them out to build the checkpoint's own architecture")
     if num_classes is None and include_top:
@@ -1187,11 +1336,13 @@ def build_with_weights(config, weights, resample_method=None, given=None):
 
     `weights` is a registered name (found from config's patch/width/depth, e.g. `"imagenet21k"`
     for ViT-B/16), a local checkpoint path, a `.keras` model or `"hf://ORG/NAME[@REVISION]"`.
-    The checkpoint's architecture must equal config's. `given` names the config keys the caller
-    chose (None: all of config's); the others that a checkpoint knows (pooling,
-    representation_size, class_token, normalisation, LayerNorm epsilon, class names, ...) come from
-    the checkpoint. A chosen pooling the checkpoint
-    cannot give ('token' without a class token, 'map' without a MAP head) is a ValueError.
+    The checkpoint's architecture must equal config's (a hybrid's ResNet units too). `given`
+    names the config keys the caller chose (None: all of config's); the others that a checkpoint
+    knows (pooling, representation_size, class_token, distilled, normalisation, LayerNorm
+    epsilon, a ResNet's numerics, class names, ...) come from the checkpoint. A chosen pooling the
+    checkpoint cannot give ('token' without a class token, 'map' without a MAP head) is a
+    ValueError. With `distilled=True`, a registered name that has a distilled checkpoint too
+    (`"imagenet1k"` for DeiT) means that one.
     """
     _check_keywords("build_with_weights", config, _MODEL_ARGS)
     given = set(config) if given is None else set(given)
@@ -1203,10 +1354,13 @@ def build_with_weights(config, weights, resample_method=None, given=None):
             raise ValueError(
                 f"weights={weights!r} is not a local file, and the architecture (patch_size "
                 f"{config.get('patch_size')}, hidden_size {config.get('hidden_size')}, num_layers "
-                f"{config.get('num_layers')}) is none of the registered variants "
-                f"{sorted(M.VARIANTS)}: pass a checkpoint path."
+                f"{config.get('num_layers')}, backbone {config.get('backbone')}) is none of the "
+                f"registered variants {sorted(M.VARIANTS) + sorted(M.HYBRID_VARIANTS)}: pass a "
+                f"checkpoint path."
             )
-        path = download(registry_entry(variant, path))
+        if config.get("distilled") and (variant, path + "_distilled") in REGISTRY:
+            path += "_distilled"
+        path = fetch(registry_entry(variant, path))
     path, _ = _resolve(path)
     checkpoint = _read_any(path, config.get("num_heads"), config.get("image_size"))
     _check_architecture(checkpoint, {**_MODEL_DEFAULTS, **config}, "the model",
@@ -1262,7 +1416,7 @@ def _read_any(path, num_heads, image_size):
     architecture = {key: getattr(model, key) for key in (
         "patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim", "image_size",
         "num_classes", "representation_size", "pooling", "class_token", "num_registers",
-        "layer_scale_init_value")}
+        "layer_scale_init_value", "backbone", "distilled", "distillation_head")}
     # Trained models carry no record of their weights' source: bicubic, as timm and HF resample.
     return Checkpoint(_variables(model), architecture,
                       (model.normalization_mean, model.normalization_std),
@@ -1271,9 +1425,9 @@ def _read_any(path, num_heads, image_size):
 
 
 # The arguments of `VisionTransformer`: what a model config may hold, and their defaults.
-_MODEL_DEFAULTS = {name: parameter.default for name, parameter in
-                   inspect.signature(M.VisionTransformer.__init__).parameters.items()
-                   if parameter.default is not inspect.Parameter.empty}
+_MODEL_DEFAULTS = {**M.DEFAULTS, **{name: parameter.default for name, parameter in
+                                     inspect.signature(M.VisionTransformer.__init__).parameters.items()
+                                     if parameter.default is not inspect.Parameter.empty}}
 _MODEL_ARGS = set(_MODEL_DEFAULTS)
 
 
@@ -1312,6 +1466,9 @@ def _check_architecture(checkpoint, wanted, asker, advice):
     found = checkpoint.architecture
     differ = {k: (wanted.get(k), found[k]) for k in M.ARCHITECTURE_ARGS
               if (L._pair(wanted.get(k), k) if k == "patch_size" else wanted.get(k)) != found[k]}
+    if _backbone_shape(wanted.get("backbone")) != _backbone_shape(found["backbone"]):
+        differ["backbone"] = (_backbone_shape(wanted.get("backbone")),
+                              _backbone_shape(found["backbone"]))
     if not differ:
         return
     depth = ""
@@ -1326,7 +1483,7 @@ def _check_architecture(checkpoint, wanted, asker, advice):
 
 def _build(checkpoint, config, resample_method, given):
     """Builds `VisionTransformer(**config)` and assigns the checkpoint, adapting what the config
-    changes: image size (position embeddings resampled), head (kept, new or dropped), pooling.
+    changes: image size (position embeddings resampled), heads (kept, new or dropped), pooling.
 
     `given`: the config keys the caller chose; the checkpoint sets the others it knows."""
     state = dict(checkpoint.state)
@@ -1334,13 +1491,21 @@ def _build(checkpoint, config, resample_method, given):
     source = checkpoint.path
     for key, value in (("class_token", arch["class_token"]), ("num_registers", arch["num_registers"]),
                        ("layer_scale_init_value", arch["layer_scale_init_value"]),
-                       ("pooling", arch["pooling"]),
+                       ("pooling", arch["pooling"]), ("distilled", arch["distilled"]),
+                       ("distillation_head", arch["distillation_head"]),
                        ("normalization_mean", checkpoint.normalization[0]),
                        ("normalization_std", checkpoint.normalization[1]),
                        ("layer_norm_epsilon", checkpoint.layer_norm_epsilon),
                        ("include_preprocessing", checkpoint.include_preprocessing)):
         if key not in given:
             config[key] = value
+    if arch["backbone"]:  # the units were checked; the numerics are the source's unless chosen
+        config["backbone"] = {**arch["backbone"], **(config.get("backbone") or {})}
+    if bool(config["distilled"]) != arch["distilled"]:
+        raise ValueError(f"distilled={config['distilled']!r} was asked, but {source!r} "
+                         f"{'is' if arch['distilled'] else 'is not'} a distilled DeiT checkpoint "
+                         f"(a distillation token after the class token): leave distilled unset to "
+                         f"follow the checkpoint.")
     if config["pooling"] == "token" and not arch["class_token"]:
         raise ValueError(f"pooling='token' pools the class token, and {source!r} has none (its "
                          f"pooling is {arch['pooling']!r}): pass pooling={arch['pooling']!r}, or "
@@ -1355,22 +1520,32 @@ def _build(checkpoint, config, resample_method, given):
 
     include_top = config.get("include_top", True)
     keep_head = include_top and arch["num_classes"] == config.get("num_classes")
+    two_heads = config["distilled"] and config["distillation_head"]
+    if keep_head and config["distilled"] and two_heads != arch["distillation_head"]:
+        if two_heads:
+            raise ValueError(f"{source!r} has no distillation head (a distilled backbone with the "
+                             f"class token's head alone, as transformers' "
+                             f"DeiTForImageClassification): pass distillation_head=False, or "
+                             f"leave it unset to follow the checkpoint.")
+        logger.warning("%s: distillation_head=False, so the checkpoint's distillation head is not "
+                       "loaded: the model predicts with the class token's head alone.", source)
+        state = {k: v for k, v in state.items() if not k.startswith("head_dist/")}
     if keep_head and config["pooling"] != arch["pooling"]:
         logger.warning("%s: its head was trained on %r pooling, the model pools with %r: the kept "
                        "head's predictions are not the checkpoint's until it is fine-tuned.",
                        source, arch["pooling"], config["pooling"])
-    dropped = []
+    heads = ("head/", "head_dist/", "pre_logits/")
     if not keep_head:
-        dropped = [k for k in state if k.startswith(("head/", "pre_logits/"))]
+        dropped = [k for k in state if k.startswith(heads)]
         state = {k: v for k, v in state.items() if k not in dropped}
         if "representation_size" not in given:  # the paper fine-tunes without the pre-logits layer
             config["representation_size"] = None
         if include_top:
             held = f"{arch['num_classes']} classes" if arch["num_classes"] else "no head"
-            logger.warning("%s has %s, the model %d classes: the head is re-initialised (zeros, "
+            logger.warning("%s has %s, the model %d classes: the head%s re-initialised (zeros, "
                            "as the ViT paper does for fine-tuning)%s.", source, held,
-                           config["num_classes"], ", pre_logits dropped" if
-                           arch["representation_size"] else "")
+                           config["num_classes"], "s are" if two_heads else " is",
+                           ", pre_logits dropped" if arch["representation_size"] else "")
         elif dropped:
             logger.info("include_top=False: the checkpoint's %s not loaded.",
                         "head and pre_logits are" if arch["representation_size"] else "head is")
@@ -1382,7 +1557,7 @@ def _build(checkpoint, config, resample_method, given):
     from keras_vit.models import VisionTransformer
 
     model = VisionTransformer(**config)
-    old_grid = tuple(s // p for s, p in zip(arch["image_size"], arch["patch_size"]))
+    old_grid = _token_grid(arch)
     if old_grid != tuple(model.grid_size):
         method = resample_method or checkpoint.resample_method
         logger.warning("%s: position embeddings resampled from a %dx%d to a %dx%d grid (%s), for "
@@ -1390,20 +1565,28 @@ def _build(checkpoint, config, resample_method, given):
                        model.image_size)
         state["position_embedding/embedding"] = L.resample_position_embeddings(
             state["position_embedding/embedding"], old_grid, model.grid_size,
-            int(model.class_token), method, checkpoint.antialias)
+            model.get_layer("position_embedding").num_prefix_tokens, method, checkpoint.antialias)
     new = ()
     if include_top and not keep_head:
-        new = ("head/", "pre_logits/") if config.get("representation_size") else ("head/",)
+        new = heads if config.get("representation_size") else heads[:2]
     assign_state(model, state, reinitialise=new, source=source)
     if new:  # a new head starts at zeros, as the paper's fine-tuning
         for variable in model.weights:
-            if variable.path.startswith("head/"):
+            if variable.path.startswith(heads[:2]):
                 variable.assign(np.zeros(variable.shape, variable.dtype))
     if keep_head and not np.any(state["head/kernel"]):
         logger.warning("%s: the classification head is all zeros (an ImageNet-21k pre-training "
                        "checkpoint): its predictions are meaningless. Fine-tune it, e.g. with "
                        "num_classes=N.", source)
     return model
+
+
+def _token_grid(architecture):
+    """The patch grid of an architecture: a hybrid's patches are cut from the ResNet's feature map."""
+    backbone = architecture.get("backbone")
+    stride = resnet.backbone_stride(backbone["block_units"]) if backbone else 1
+    return tuple(size // (patch * stride) for size, patch in
+                 zip(architecture["image_size"], architecture["patch_size"]))
 
 
 def assign_state(model, state, reinitialise=(), source="checkpoint"):

@@ -342,6 +342,30 @@ def test_unreachable_hub_falls_back_to_the_cache(checkpoints, online, tmp_path):
     np.testing.assert_allclose(predict(model, checkpoints["images"]), checkpoints["logits0"], atol=1e-4)
 
 
+def test_distilled_deit_repository_like_facebooks(hf_home, tmp_path):
+    """A DeiTForImageClassificationWithTeacher as facebook/deit-*-distilled-* holds it (the weights
+    as save_pretrained writes them, config.json, preprocessor_config.json), from the cache."""
+    config = transformers.DeiTConfig(image_size=32, patch_size=4, hidden_size=TINY["hidden_size"],
+                                     num_hidden_layers=TINY["num_layers"],
+                                     num_attention_heads=TINY["num_heads"],
+                                     intermediate_size=TINY["mlp_dim"], num_labels=10)
+    torch.manual_seed(0)
+    model = transformers.DeiTForImageClassificationWithTeacher(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape))
+    model.save_pretrained(tmp_path)
+    with open(tmp_path / "preprocessor_config.json", "w") as f:
+        json.dump({"image_processor_type": "DeiTImageProcessor", "image_mean": IMAGENET[0],
+                   "image_std": IMAGENET[1]}, f)
+    cache_repo(hf_home, "facebook/deit-test-distilled-patch4-32", folder_files(tmp_path))
+    loaded = keras_vit.load_pretrained("hf://facebook/deit-test-distilled-patch4-32")
+    assert loaded.distilled and loaded.distillation_head
+    images = random_images(2, 32, seed=8)
+    np.testing.assert_allclose(predict(loaded, images), reference_logits(model, images, *IMAGENET),
+                               atol=1e-4)
+
+
 # ------------------------------------------------------------------------------------------------
 # Real weights
 
@@ -360,6 +384,12 @@ def test_real_deit_tiny_from_a_timm_cache(shared_data, hf_home):
     np.testing.assert_array_equal(logits, predict(by_path, images))
     assert list(logits.argmax(-1)) == [285, 967]  # Egyptian cat, espresso
     np.testing.assert_allclose(model.normalization_mean, IMAGENET[0])
+    # The registered DeiT-Ti/16 weights are that repository: by registered name and timm name.
+    registered = keras_vit.DeiTTi16(weights="imagenet1k")
+    np.testing.assert_array_equal(predict(registered, images), logits)
+    assert not registered.distilled
+    np.testing.assert_array_equal(predict(keras_vit.load_pretrained("deit_tiny_patch16_224"), images),
+                                  logits)
 
 
 def test_cli_train_weights_passes_hub_ids_through(hf_home, tmp_path, capsys):

@@ -199,20 +199,6 @@ def test_preprocessor_without_normalisation_and_beside_timm_files(hf, tmp_path):
     np.testing.assert_allclose(loaded.normalization_std, [0.229, 0.224, 0.225])
 
 
-def test_distilled_deit_is_a_clear_error(hf, tmp_path):
-    config = transformers.DeiTConfig(image_size=32, patch_size=PATCH, hidden_size=HIDDEN,
-                                     num_hidden_layers=DEPTH, num_attention_heads=HEADS,
-                                     intermediate_size=TINY["mlp_dim"], num_labels=10)
-    transformers.DeiTForImageClassificationWithTeacher(config).save_pretrained(tmp_path / "hf")
-    timm = dict(timm_from_hf(hf["sd"]), dist_token=np.zeros((1, 1, HIDDEN), "float32"),
-                **{"head_dist.weight": np.zeros((10, HIDDEN), "float32"),
-                   "head_dist.bias": np.zeros(10, "float32")})
-    write_timm(tmp_path / "timm", timm)
-    for folder in ("hf", "timm"):
-        with pytest.raises(ValueError, match="distilled DeiT checkpoint.*not support that family yet"):
-            keras_vit.load_pretrained(tmp_path / folder)
-
-
 def test_big_vision_layout_folds_class_token_position(hf, tmp_path):
     """big_vision: params/ prefix, LayerNorm_0/1 names, posemb without a class entry (the class
     token gets none: its old entry is folded into the token), blocks stacked by scan=True."""
@@ -631,17 +617,34 @@ def test_offline_error_names_url_and_local_alternative(monkeypatch):
 
 
 def test_registry_is_consistent():
+    """Every entry's file is its variant's: the names of vit_jax's bucket (ViT-B_16, R50+ViT-B_16,
+    AugReg's R_Ti_16-..., S_16-...) and timm's DeiT repositories (deit_tiny_..._patch16_224)."""
     lines = W.describe_registry()
     assert any("B/16" in line and "imagenet21k" in line for line in lines)
+    assert any("R50+B/16" in line and "R50%2BViT-B_16.npz" in line for line in lines)
+    deit_sizes = {"Ti/16": "tiny", "S/16": "small", "B/16": "base"}
     fnames = {}
     for (variant, name), entry in W.REGISTRY.items():
-        assert variant in keras_vit.models.VARIANTS
-        assert entry.url.startswith("https://storage.googleapis.com/vit_models/")
+        hybrid = variant in keras_vit.models.HYBRID_VARIANTS
+        assert hybrid or variant in keras_vit.models.VARIANTS
         assert entry.sha256 is None or len(entry.sha256) == 64
+        tag = os.path.basename(entry.url).replace("%2B", "+")
+        if entry.on_hub:  # DeiT: safetensors on the Hub, never the .pth pickles
+            distilled = "_distilled" if name.endswith("_distilled") else ""
+            assert entry.url == (f"hf://timm/deit_{deit_sizes[variant]}{distilled}_patch16_"
+                                 f"{entry.resolution}.fb_in1k")
+            assert name.startswith("imagenet1k") and entry.num_classes == 1000
+            continue
+        assert entry.url.startswith("https://storage.googleapis.com/vit_models/")
         assert fnames.setdefault(entry.fname, entry.url) == entry.url  # one cache file per URL
-        tag = os.path.basename(entry.url)
+        resnet, _, vit = variant.rpartition("+")
+        paper = f"{resnet}+ViT-{vit.replace('/', '_')}" if hybrid else f"ViT-{vit.replace('/', '_')}"
+        augreg = variant.replace("+", "_").replace("/", "_") + "-"
+        assert tag.startswith(augreg if "/augreg/" in entry.url else paper), (variant, tag)
         if "res_" in tag:
             assert f"res_{entry.resolution}" in tag
+    assert W.REGISTRY["R50+B/16", "imagenet21k+imagenet2012"].fname == \
+        "imagenet21k+imagenet2012_R50+ViT-B_16.npz"
 
 
 # ------------------------------------------------------------------------------------------------
