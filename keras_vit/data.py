@@ -15,7 +15,8 @@ it (file path, or TFDS example id) and counts the drops of that pass.
 
 Training: Inception-style random crop (`crop_area_range`, `aspect_ratio_range`) resized to
 `image_size`, random horizontal flip, then per batch the optional `augment` layer (e.g.
-`keras.layers.RandAugment()` or a keras-cv layer), label smoothing and MixUp / CutMix.
+`keras.layers.RandAugment()` or a keras-cv layer), random erasing, label smoothing and MixUp /
+CutMix; optionally repeated augmentation (see `from_arrays` for DeiT's options).
 Evaluation: the short side is resized to `image_size / crop_pct` and the centre is cropped, as
 `keras_vit.images.load_image` does (`crop_pct=1.0`: plain resize). Randomness comes from
 per-element stateless seeds, so a `seed` makes a run reproducible while each epoch still differs,
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+# ImageNet's mean and std (DeiT's normalisation): the default noise of random erasing.
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 # Short names -> TFDS names; any other TFDS dataset with `image` and `label` features works too.
 TFDS_ALIASES = {
@@ -116,6 +119,8 @@ def from_tfds(name, split="train", image_size=224, batch_size=64, training=False
         num_examples = builder.info.splits[split].num_examples
     except (KeyError, ValueError, TypeError):
         num_examples = None
+    if num_examples is None and int(dataset.cardinality()) >= 0:  # no split info, counted records
+        num_examples = int(dataset.cardinality())
     return _pipeline(dataset, encoded=True, source=f"{tfds_name}[{split}]",
                      class_names=list(features["label"].names), num_examples=num_examples,
                      image_size=image_size, batch_size=batch_size, training=training,
@@ -315,6 +320,23 @@ def from_arrays(images, labels, image_size=None, batch_size=64, training=False, 
     order; None: deterministic unless training without a seed), `skip_errors` (drop elements
     that fail to decode; default True for files, False for arrays).
 
+    Training options of DeiT's recipe (both off by default):
+      - `random_erasing=p`: with probability `p` per image, one rectangle of 2%-1/3 of the
+        image (aspect ratio 0.3-3.3, up to 10 tries to fit) is replaced by per-pixel Gaussian
+        noise: timm's `RandomErasing(mode="pixel")`, DeiT's `--reprob 0.25`. timm erases after
+        normalisation with N(0, 1); these pipelines yield pixels, so the noise is
+        `255 * (mean + std * N(0, 1))` per channel with `erasing_mean_std=(mean, std)` (default
+        ImageNet's, DeiT's normalisation): exactly N(0, 1) once the model normalises with the
+        same mean/std. The noise is not clipped, so erased pixels leave [0, 255]. Applied per
+        batch after `augment` and before label smoothing and MixUp/CutMix, as in timm.
+      - `repeated_augmentations=k`: repeated augmentation (Hoffer et al., 2020; DeiT's
+        `RASampler`): each epoch takes a random `1/k` of the examples and yields each `k` times
+        in a row, each copy with its own crop, flip and augmentation, so copies share a batch.
+        The epoch keeps the dataset's length (`ceil(N/k)` examples, `k` times, cut to `N`) and
+        `cardinality()` counts it. Needs the number of examples (not `verify_files=False`); for
+        arrays the shuffle then takes all `N` examples (a buffer of `N`), so the third is
+        uniform; folders shuffle their file names in full anyway, TFDS its files.
+
     >>> data = np.load("cifar10_subset.npz", allow_pickle=False)
     >>> train = from_arrays(data["x_train"], data["y_train"], batch_size=128, training=True)
     """
@@ -354,11 +376,17 @@ def _pipeline(dataset, *, encoded, class_names, num_examples, image_size, batch_
               shuffle_buffer, augment, mixup_alpha, cutmix_alpha, label_smoothing, cache, seed,
               drop_remainder, crop_pct, source=None, read=None, crop_area_range=(0.08, 1.0),
               aspect_ratio_range=(3 / 4, 4 / 3), flip=True, interpolation="bicubic",
-              deterministic=None, skip_errors=True, resize_eval=True):
+              deterministic=None, skip_errors=True, resize_eval=True, random_erasing=0.0,
+              erasing_mean_std=IMAGENET_MEAN_STD, repeated_augmentations=1):
     """(uint8 pixels, int label) or, `encoded`, (encoded bytes or what `read` turns into them,
     int label, name for warnings) -> batches of (float pixels, one-hot labels)."""
     size = _pair(image_size)
     num_classes = len(class_names)
+    if training and repeated_augmentations > 1 and num_examples is None:
+        raise ValueError(f"repeated_augmentations={repeated_augmentations} keeps each epoch at the "
+                         f"number of examples, which is unknown here (a folder read with "
+                         f"verify_files=False, or a TFDS split without counts): scan the files "
+                         f"(verify_files=True) or pass repeated_augmentations=1.")
     if drop_remainder is None:  # equal batches for training, unless that would leave none
         drop_remainder = training and (num_examples is None or num_examples >= batch_size)
     if training and num_examples is not None and drop_remainder and num_examples < batch_size:
@@ -408,14 +436,25 @@ def _pipeline(dataset, *, encoded, class_names, num_examples, image_size, batch_
         if augment is not None:
             augmented = augment(images, training=True) if _takes_training(augment) else augment(images)
             images = tf.cast(augmented, tf.float32)
+        if random_erasing:
+            erase_seed = tf.random.experimental.stateless_fold_in(tf.cast(seeds, tf.int64), 1)
+            images = erase_random_rectangles(images, erase_seed, random_erasing, *erasing_mean_std)
         return mix(images, labels, seeds)
 
     if training:
         if cache:
             dataset = dataset.cache(cache if isinstance(cache, str) else "")
-        if shuffle_buffer:
+        repeats = repeated_augmentations
+        if shuffle_buffer or (repeats > 1 and not encoded):
             buffer = min(shuffle_buffer, num_examples) if num_examples else shuffle_buffer
+            if repeats > 1 and not encoded:
+                buffer = num_examples  # a uniform 1/k of the arrays each epoch, not the first ones
             dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        if repeats > 1:
+            dataset = dataset.take(-(-num_examples // repeats)).flat_map(
+                lambda *element: tf.data.Dataset.from_tensors(element).repeat(repeats))
+            dataset = dataset.take(num_examples).apply(
+                tf.data.experimental.assert_cardinality(num_examples))
         dataset = tf.data.Dataset.zip(dataset, _seeds(seed, 0))
         dataset = examples(dataset, train_example, lambda element, seeds: element[2])
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder,
@@ -491,7 +530,8 @@ def _pair(size):
 
 
 OPTIONS = ("crop_area_range", "aspect_ratio_range", "flip", "interpolation", "deterministic",
-           "skip_errors", "resize_eval")
+           "skip_errors", "resize_eval", "random_erasing", "erasing_mean_std",
+           "repeated_augmentations")
 
 
 def _check_arguments(batch_size, crop_pct, mixup_alpha, cutmix_alpha, label_smoothing, augment,
@@ -524,6 +564,21 @@ def _check_arguments(batch_size, crop_pct, mixup_alpha, cutmix_alpha, label_smoo
                          f"{cutmix_alpha}.")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
+    erasing = options["random_erasing"]
+    if (isinstance(erasing, bool) or not isinstance(erasing, (int, float, np.integer, np.floating))
+            or not 0 <= erasing <= 1):
+        raise ValueError(f"random_erasing is a probability in [0, 1], got {erasing!r}.")
+    try:
+        mean, std = (np.broadcast_to(np.asarray(value, "float64"), (3,))
+                     for value in options["erasing_mean_std"])
+    except (TypeError, ValueError):
+        mean = std = None
+    if mean is None or not (np.all((0 <= mean) & (mean <= 1)) and np.all((0 < std) & (std <= 1))):
+        raise ValueError(f"erasing_mean_std must be (mean, std), each a number or 3 numbers, std > 0 "
+                         f"(on the [0, 1] scale), got {options['erasing_mean_std']!r}.")
+    repeats = options["repeated_augmentations"]
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+        raise ValueError(f"repeated_augmentations must be an int >= 1, got {repeats!r}.")
     if augment is not None and not callable(augment):
         raise ValueError(f"augment must be a Keras layer or a callable on image batches, got "
                          f"{augment!r}.")
@@ -686,6 +741,52 @@ class MixUpCutMix:
         images = images * (1.0 - mask) + tf.reverse(images, [0]) * mask
         labels = (1.0 - pasted) * labels + pasted * tf.reverse(labels, [0])
         return images, labels
+
+
+def erase_random_rectangles(images, seed, probability, mean=IMAGENET_MEAN_STD[0],
+                            std=IMAGENET_MEAN_STD[1], area_range=(0.02, 1 / 3),
+                            aspect_ratio_range=(0.3, 1 / 0.3), attempts=10):
+    """Random erasing (Zhong et al., 2017) of a batch of pixels `(B, H, W, 3)` in [0, 255], as
+    timm's `RandomErasing(probability, mode="pixel", max_count=1)`: with `probability` per image,
+    up to `attempts` draws of an area (uniform in `area_range` of the image) and a log-uniform
+    aspect ratio until the rounded rectangle fits strictly inside, at a uniform position, filled
+    with per-pixel noise `255 * (mean + std * N(0, 1))` (N(0, 1) after normalising with
+    `mean`/`std`). Stateless: `seed` is a shape-(2,) int tensor.
+
+    >>> erased = erase_random_rectangles(images, seed=[1, 2], probability=0.25)
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    apply_seed, area_seed, ratio_seed, place_seed, noise_seed = tf.unstack(
+        tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 5))
+    area = tf.cast(height * width, tf.float32)
+    target = area * tf.random.stateless_uniform([batch, attempts], area_seed, *area_range)
+    ratio = tf.exp(tf.random.stateless_uniform([batch, attempts], ratio_seed,
+                                               np.log(aspect_ratio_range[0]),
+                                               np.log(aspect_ratio_range[1])))
+    # tf.round rounds half to even, as Python's round() in timm.
+    heights = tf.cast(tf.round(tf.sqrt(target * ratio)), tf.int32)
+    widths = tf.cast(tf.round(tf.sqrt(target / ratio)), tf.int32)
+    fits = (heights < height) & (widths < width)
+    first = tf.argmax(tf.cast(fits, tf.int32), axis=1)  # the first try that fits
+    erase_height = tf.gather(heights, first, batch_dims=1)
+    erase_width = tf.gather(widths, first, batch_dims=1)
+    erase = (tf.reduce_any(fits, axis=1)
+             & (tf.random.stateless_uniform([batch], apply_seed) < probability))
+    # Top and left uniform over [0, H - h] and [0, W - w], both ends included (random.randint).
+    place = tf.random.stateless_uniform([batch, 2], place_seed)
+    top = tf.cast(place[:, 0] * tf.cast(height - erase_height + 1, tf.float32), tf.int32)
+    left = tf.cast(place[:, 1] * tf.cast(width - erase_width + 1, tf.float32), tf.int32)
+    rows = tf.range(height)[None, :, None]
+    cols = tf.range(width)[None, None, :]
+    inside = ((rows >= top[:, None, None]) & (rows < (top + erase_height)[:, None, None])
+              & (cols >= left[:, None, None]) & (cols < (left + erase_width)[:, None, None])
+              & erase[:, None, None])
+    mean = 255.0 * tf.constant(np.broadcast_to(mean, (3,)), tf.float32)
+    std = 255.0 * tf.constant(np.broadcast_to(std, (3,)), tf.float32)
+    noise = mean + std * tf.random.stateless_normal(shape, noise_seed)
+    return tf.where(inside[..., None], noise, images)
 
 
 def _sample_beta(alpha, seed):

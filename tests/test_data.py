@@ -487,3 +487,119 @@ def test_tfds_aliases_point_at_known_datasets():
     assert data.TFDS_ALIASES["imagenette"].startswith("imagenette/")
     assert set(data.EVAL_SPLITS) == set(data.KNOWN_DATASETS)
 
+
+
+def erased_masks(images, fill):
+    """Where `images` (filled with `fill`, a value the noise never takes) were erased."""
+    return np.any(images != fill, axis=-1)
+
+
+def test_random_erasing_erases_one_rectangle_within_timms_bounds():
+    fill = -1000.0
+    images = np.full((64, 64, 64, 3), fill, "float32")
+    masks = erased_masks(data.erase_random_rectangles(images, [3, 7], 1.0).numpy(), fill)
+    for mask in masks:
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        assert rows.size and cols.size, "probability 1 erased nothing"
+        height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+        assert mask.sum() == height * width  # one solid rectangle
+        assert height < 64 and width < 64
+        # Area 2%-1/3 of 64x64 before rounding each side to the nearest pixel: by hand, the
+        # rounded rectangle holds 1.7%-34% of the image and its aspect ratio is within 0.25-4.
+        assert 0.017 <= mask.mean() <= 0.34, mask.mean()
+        assert 0.25 <= height / width <= 4.0
+
+
+def test_random_erasing_probability_and_noise_statistics():
+    fill = -1000.0
+    images = np.full((400, 32, 32, 3), fill, "float32")
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.1, 0.3)
+    erased = data.erase_random_rectangles(images, [1, 2], 0.25, mean, std).numpy()
+    masks = erased_masks(erased, fill)
+    # 400 Bernoulli(0.25) draws: 0.25 +- 4.6 standard deviations (0.0217 each).
+    assert 0.15 <= masks.any(axis=(1, 2)).mean() <= 0.35
+    noise = erased[masks]  # (pixels, 3), every channel of an erased pixel is noise
+    assert noise.shape[0] > 10_000
+    np.testing.assert_allclose(noise.mean(0), 255 * np.array(mean), atol=3)
+    np.testing.assert_allclose(noise.std(0), 255 * np.array(std), rtol=0.05)
+    untouched = data.erase_random_rectangles(images, [1, 2], 0.0).numpy()
+    np.testing.assert_array_equal(untouched, images)
+
+
+def test_pipeline_random_erasing_changes_only_the_erased_rectangle():
+    images, labels = random_images(8, 16, seed=3), np.arange(8) % 2
+    options = dict(batch_size=8, training=True, seed=4, crop_area_range=(1.0, 1.0))
+    [(plain, plain_labels)] = batches(data.from_arrays(images, labels, **options))
+    [(same, _)] = batches(data.from_arrays(images, labels, random_erasing=0.0, **options))
+    np.testing.assert_array_equal(same, plain)  # probability 0 is the pipeline without it
+    [(erased, erased_labels)] = batches(data.from_arrays(images, labels, random_erasing=1.0,
+                                                         **options))
+    np.testing.assert_array_equal(erased_labels, plain_labels)
+    changed = np.any(erased != plain, axis=-1)
+    assert changed.any(axis=(1, 2)).all()  # every image: the same crops, one erased rectangle
+    for mask in changed:
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        # Noise equal to the pixel is unlikely; allow a pixel or two of the rectangle to match.
+        assert mask.sum() >= (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1) - 2
+
+
+def test_repeated_augmentation_keeps_the_epoch_and_repeats_a_third():
+    n = 12
+    images, labels = random_images(n, 16, seed=5), np.arange(n)  # label i = image i
+    names = [str(i) for i in range(n)]
+    dataset = data.from_arrays(images, labels, batch_size=4, training=True, seed=0,
+                               class_names=names, repeated_augmentations=3)
+    assert int(dataset.cardinality()) == 3  # 12 examples a epoch, as without it
+    seen = []
+    for _ in range(2):
+        epoch = batches(dataset)
+        ids = np.concatenate([y.argmax(1) for _, y in epoch])
+        pixels = np.concatenate([x for x, _ in epoch])
+        assert len(ids) == n
+        counts = np.bincount(ids, minlength=n)
+        assert sorted(counts[counts > 0]) == [3, 3, 3, 3]  # 4 images, each 3 times
+        for i in np.flatnonzero(counts):  # each copy with its own crop and flip
+            copies = pixels[ids == i]
+            assert not np.allclose(copies[0], copies[1]) or not np.allclose(copies[1], copies[2])
+        seen.append(set(np.flatnonzero(counts)))
+    assert seen[0] != seen[1]  # another third next epoch
+
+    odd = data.from_arrays(images[:10], labels[:10], batch_size=5, training=True, seed=1,
+                           class_names=names, repeated_augmentations=3)
+    ids = np.concatenate([y.argmax(1) for _, y in batches(odd)])
+    assert int(odd.cardinality()) == 2 and len(ids) == 10
+    assert sorted(np.bincount(ids)[np.bincount(ids) > 0]) == [1, 3, 3, 3]  # ceil(10/3) = 4, cut to 10
+
+
+def test_repeated_augmentation_in_folders_counts_and_needs_the_count(image_folder):
+    dataset = data.from_directory(str(image_folder), image_size=8, batch_size=5, training=True,
+                                  seed=0, repeated_augmentations=2)
+    assert int(dataset.cardinality()) == 1
+    [(x, y)] = batches(dataset)  # ceil(5 / 2) = 3 files, twice each, cut to 5
+    assert x.shape == (5, 8, 8, 3)
+    with pytest.raises(ValueError, match="repeated_augmentations=2.*verify_files=True"):
+        data.from_directory(str(image_folder), image_size=8, batch_size=5, training=True,
+                            verify_files=False, repeated_augmentations=2)
+
+
+@pytest.mark.parametrize("key,value", [("random_erasing", 1.5), ("random_erasing", -0.1),
+                                       ("random_erasing", True), ("repeated_augmentations", 0),
+                                       ("repeated_augmentations", 2.5),
+                                       ("erasing_mean_std", (0.5, 0.0)),
+                                       ("erasing_mean_std", (124.0, 58.0)),  # 0-255 scale
+                                       ("erasing_mean_std", "imagenet")])
+def test_erasing_and_repetition_options_are_checked(key, value):
+    with pytest.raises(ValueError, match=key):
+        data.from_arrays(random_images(4, 8), np.arange(4) % 2, training=True, **{key: value})
+
+
+def test_repeated_augmentation_from_tfds_keeps_the_split_length(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=10):
+        train = data.from_tfds("cifar10", "train", image_size=16, batch_size=5, training=True,
+                               data_dir=str(tmp_path), seed=0, repeated_augmentations=3,
+                               random_erasing=0.5)
+        out = batches(train)
+    # 10 examples a epoch, as without it (TFDS drops what fails to decode: count unknown).
+    assert [x.shape for x, _ in out] == [(5, 16, 16, 3)] * 2

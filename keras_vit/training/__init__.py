@@ -10,7 +10,8 @@
 
 Modules: `schedules` (warmup + decay), `losses` (loss and metrics for integer or one-hot labels),
 `recipes` (`model.compile` arguments, XLA, mixed precision), `distribute` (strategies),
-`run_directory` (callbacks and the resumable `fit`). Every object a saved model can reference is
+`run_directory` (callbacks and the resumable `fit`), `distill` (`Distiller`: training with a
+teacher, as DeiT). Every object a saved model can reference is
 registered serializable when `keras_vit` is imported. TensorFlow is imported only where a
 function needs it (tf.distribute, the tf.data pipelines).
 """
@@ -20,6 +21,10 @@ from keras_vit.training.distribute import (
     get_strategy,
     is_chief,
     local_tf_configs,
+)
+from keras_vit.training.distill import (
+    Distiller,
+    SoftDistillationLoss,
 )
 from keras_vit.training.losses import (
     ClassificationCrossentropy,
@@ -33,6 +38,8 @@ from keras_vit.training.recipes import (
     RECIPES,
     WEIGHT_DECAY_MODES,
     AdamW,
+    deit_data_options,
+    deit_recipe,
     finetune_recipe,
     resolve_jit_compile,
     scratch_recipe,
