@@ -135,3 +135,20 @@ def test_resume_with_other_plan_options_is_refused(capsys, tmp_path):
     (damaged / "backup" / "training_metadata.json").write_text('{"epoch": 0, "ste')
     line = _one_line_error(capsys, "train", "--resume", "--run-dir", str(damaged))
     assert "damaged" in line and "training_metadata.json" in line
+
+
+@pytest.mark.slow
+def test_train_with_a_teacher_writes_and_resumes_the_student(capsys, tmp_path):
+    teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
+    assert cli.main(["train", "--steps", "3", "--quiet", "--run-dir", str(teacher_dir)]) == 0
+    capsys.readouterr()
+    code = cli.main(["train", "--steps", "3", "--quiet", "--run-dir", str(student_dir),
+                     "--teacher", str(teacher_dir / "model.keras"), "--distillation", "soft"])
+    out = capsys.readouterr().out
+    assert code == 0 and "distilled from" in out and "Held-out accuracy" in out, out
+    import keras
+
+    student = keras.models.load_model(student_dir / "model.keras")
+    assert isinstance(student, keras_vit.VisionTransformer) and student.distilled
+    assert "--distillation needs --teacher" in _one_line_error(
+        capsys, "train", "--distillation", "hard", "--run-dir", str(tmp_path / "x"))

@@ -93,6 +93,16 @@ def add_train_arguments(parser):
                        "R26ViTS32, RViTTi16)")
     model.add_argument("--weights", help="pretrained weights: a registered name (imagenet21k, "
                        "...), a checkpoint path or hf://ORG/NAME[@REVISION]; default: random init")
+    model.add_argument("--teacher", metavar="PATH",
+                       help="distil from this teacher (a .keras model or a checkpoint; DeiT): "
+                       "the student gets a distillation token unless --weights has none")
+    model.add_argument("--distillation", choices=["hard", "soft"],
+                       help="with --teacher: DeiT's hard distillation (default) or soft (KL at a "
+                       "temperature)")
+    model.add_argument("--distillation-alpha", type=fraction, default=0.5, metavar="ALPHA",
+                       help="weight of the distillation term (default 0.5)")
+    model.add_argument("--distillation-temperature", type=positive_float, default=3.0,
+                       metavar="T", help="soft distillation temperature (default 3.0)")
     model.add_argument("--dropout", type=fraction,
                        help="dropout rate (default 0.1 on digits, else 0)")
     model.add_argument("--drop-path", type=fraction, default=0.0, help="stochastic depth rate")
@@ -147,6 +157,10 @@ def _check_train_args(args):
         raise ValueError("Give either --dataset or --data-dir, not both.")
     if args.val_dir and not args.data_dir:
         raise ValueError("--val-dir needs --data-dir (the training folder).")
+    if args.distillation and not args.teacher:
+        raise ValueError("--distillation needs --teacher PATH.")
+    if args.teacher and not (os.path.exists(args.teacher) or args.teacher.startswith("hf://")):
+        raise FileNotFoundError(f"--teacher {args.teacher!r} does not exist.")
     for option, folder in (("--data-dir", args.data_dir), ("--val-dir", args.val_dir)):
         if folder and not os.path.isdir(os.path.expanduser(folder)):
             raise FileNotFoundError(f"{option} {folder!r} is not a directory.")
@@ -193,9 +207,24 @@ def _build_model(args, image_size, num_classes, class_names, dropout):
 
     common = dict(image_size=image_size, num_classes=num_classes, class_names=class_names,
                   dropout_rate=dropout, drop_path_rate=args.drop_path)
+    if args.teacher and not args.weights:
+        common["distilled"] = True  # DeiT: the teacher speaks to the distillation token
     if args.model == "tiny":
         return models.ViT(**TINY_MODEL, weights=args.weights, name="vit_tiny", **common)
     return models.VARIANT_BUILDERS[args.model](weights=args.weights, **common)
+
+
+def _distiller(args, student, num_classes):
+    """The student inside a `training.Distiller` with the teacher of --teacher (frozen)."""
+    from keras_vit import export, training
+
+    teacher = export.load_model(args.teacher)
+    if teacher.output_shape[-1] != num_classes:
+        raise ValueError(f"--teacher {args.teacher!r} has {teacher.output_shape[-1]} classes, the "
+                         f"data {num_classes}.")
+    return training.Distiller(student, teacher, mode=args.distillation or "hard",
+                              alpha=args.distillation_alpha,
+                              temperature=args.distillation_temperature)
 
 
 def _steps_plan(args, steps_per_epoch, digits):
@@ -239,7 +268,7 @@ def _recipe_from_args(args, recipe, steps, steps_per_epoch, digits, num_classes)
 
 # The options that fix a run's plan: a resume with others would not end at the planned step.
 PLAN_KEYS = ("model", "image_size", "batch_size", "epochs", "steps_per_epoch", "recipe",
-             "gradient_accumulation", "data_dir", "dataset", "weights")
+             "gradient_accumulation", "data_dir", "dataset", "weights", "teacher", "distillation")
 
 
 def run_train(args):
@@ -280,14 +309,17 @@ def run_train(args):
                     epochs=epochs, steps_per_epoch=steps_per_epoch, total_steps=steps)
     _check_plan(run_dir, settings, resuming=args.resume)
     with strategy.scope():  # the optimizer's variables, too, must belong to the strategy
-        model = _build_model(args, image_size, train.num_classes, list(train.class_names),
-                             _default(args.dropout, "dropout", digits))
+        model = student = _build_model(args, image_size, train.num_classes,
+                                       list(train.class_names),
+                                       _default(args.dropout, "dropout", digits))
+        if args.teacher:
+            model = _distiller(args, student, train.num_classes)
         compile_kwargs = _recipe_from_args(args, recipe, steps, steps_per_epoch, digits,
                                            train.num_classes)
         model.compile(**compile_kwargs)
     settings.update(jit_compile=compile_kwargs["jit_compile"],
                     replicas=getattr(strategy, "num_replicas_in_sync", 1),
-                    backend=keras.backend.backend(), parameters=model.count_params(),
+                    backend=keras.backend.backend(), parameters=student.count_params(),
                     resumed_from_step=resumed["steps"] if resumed and args.resume else 0)
     out_dir = run_dir if is_chief() else os.path.join(run_dir, f".worker-{os.getpid()}")
     monitor = "val_accuracy" if val is not None else "accuracy"
@@ -295,7 +327,8 @@ def run_train(args):
                               backup_every=args.backup_every or min(200, steps_per_epoch))
     if is_chief() and not args.resume:
         write_json(os.path.join(run_dir, "plan.json"), {k: settings[k] for k in PLAN_KEYS})
-    print(f"Training {model.name} ({model.count_params():,} parameters) with the {recipe} recipe: "
+    print(f"Training {student.name} ({student.count_params():,} parameters) with the {recipe} "
+          f"recipe{f', distilled from {args.teacher}' if args.teacher else ''}: "
           f"{epochs} epochs x {steps_per_epoch} steps, batch {batch_size}, run dir {run_dir}")
     fit(model, train, epochs, run_callbacks, steps_per_epoch=steps_per_epoch, validation_data=val,
         verbose=0 if args.quiet else "auto")
