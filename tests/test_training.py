@@ -380,6 +380,9 @@ def test_recipe_loss_and_metrics_take_integer_one_hot_and_soft_labels():
         assert (float(accuracy.result()), float(top5.result())) == (0.5, 1.0)
     with pytest.raises(ValueError, match=r"\(batch, 6\)"):
         loss(np.zeros((2, 4)), logits)
+    top5.reset_state()  # fewer classes than k: every label is in the top k
+    top5.update_state(np.array([2, 0]), logits[:, :3])
+    assert float(top5.result()) == 1.0
 
 
 def test_fit_with_integer_labels_the_most_common_keras_case():
