@@ -167,10 +167,11 @@ def _check_numbers(config):
             raise ValueError(f"{key} must be an int >= {low}{' or None' if optional else ''}, "
                              f"got {value!r}.")
     epsilon = config.layer_norm_epsilon
-    if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
+    if not (isinstance(epsilon, (int, float, np.floating)) and math.isfinite(epsilon)
+            and epsilon > 0):
         raise ValueError(f"layer_norm_epsilon must be a positive number, got {epsilon!r}.")
     scale = config.layer_scale_init_value
-    if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
+    if scale is not None and not (isinstance(scale, (int, float, np.floating)) and scale > 0):
         raise ValueError(f"layer_scale_init_value must be None or > 0, got {scale!r}.")
     std = np.ravel(np.asarray(config.normalization_std, dtype="float64"))
     if std.size not in (1, 3) or not np.all(std > 0):
@@ -180,8 +181,8 @@ def _check_numbers(config):
         if not 0.0 <= getattr(config, key) < 1.0:
             raise ValueError(f"Dropout and drop-path rates must be in [0, 1), got {key}="
                              f"{getattr(config, key)}.")
-    if isinstance(config.crop_pct, bool) or not isinstance(config.crop_pct, (int, float)) or not (
-            0.0 < config.crop_pct <= 1.0):
+    if isinstance(config.crop_pct, bool) or not isinstance(
+            config.crop_pct, (int, float, np.integer, np.floating)) or not (0.0 < config.crop_pct <= 1.0):
         raise ValueError(f"crop_pct must be a number in (0, 1], got {config.crop_pct!r}.")
     if config.interpolation not in INTERPOLATIONS:
         raise ValueError(f"Unknown interpolation {config.interpolation!r}: expected one of "

@@ -34,6 +34,7 @@ import numpy as np
 from keras_vit import layers as L
 from keras_vit import models as M
 from keras_vit import resnet
+from keras_vit.config import INTERPOLATIONS
 
 logger = logging.getLogger("keras_vit")
 
@@ -418,6 +419,10 @@ class Checkpoint:
     antialias: bool = False
     path: str = ""
     include_preprocessing: bool = True  # False only for a saved model that takes normalised inputs
+    # How the source's evaluation prepares an image (the fraction of the resized image's short side
+    # that is centre-cropped, and the resampling filter); set by every format.
+    crop_pct: float = M.DEFAULTS["crop_pct"]
+    interpolation: str = M.DEFAULTS["interpolation"]
 
 
 def read_checkpoint(path, num_heads=None, image_size=None):
@@ -445,7 +450,7 @@ def read_checkpoint(path, num_heads=None, image_size=None):
     tensors = _read_npz(files[0]) if kind == "npz" else _read_safetensors(files, weight_map)
     _check_finite(tensors, path)
     keys = set(tensors)
-    processor = _processor_normalization(configs.get("preprocessor_config.json"), path)
+    processor = configs.get("preprocessor_config.json")
     if kind == "npz":
         checkpoint = _from_google(tensors, files[0], image_size)
     elif any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in keys):
@@ -839,9 +844,15 @@ def _from_google(raw, path, image_size=None):
         class_token=has_class, num_registers=0, layer_scale_init_value=None, backbone=backbone,
         distilled=False, distillation_head=True)
     _check_declared(path, {}, architecture)  # Google files come without a config
+    # The original evaluation resizes the whole image to the model's size without a crop, bilinear
+    # (tf.image.resize's default): google-research/vision_transformer vit_jax/input_pipeline.py,
+    # `im = tf.image.resize(im, [crop_size, crop_size])` in test mode; AugReg's fine-tunes were
+    # made with it. (big_vision's from-scratch ImageNet configs crop 224 of 256 instead: the file
+    # cannot tell, so pass crop_pct=0.875 for those.)
     return Checkpoint(state, architecture, M.GOOGLE_NORMALIZATION, L.LAYER_NORM_EPSILON,
                       _default_class_names(num_classes),
-                      "big_vision" if big_vision else "google_npz", "bilinear")
+                      "big_vision" if big_vision else "google_npz", "bilinear", crop_pct=1.0,
+                      interpolation="bilinear")
 
 
 def _is_square(n):
@@ -1007,8 +1018,9 @@ def _from_huggingface(raw, config, processor, path, num_heads=None, image_size=N
                            "hidden_size": _config_int(config, "hidden_size", path),
                            "patch_size": _config_int(config, "patch_size", path),
                            "mlp_dim": _config_int(config, "intermediate_size", path)}, architecture)
-    normalization = processor or M.GOOGLE_NORMALIZATION  # ViTImageProcessor's default: 0.5, 0.5
-    if processor is None and prefix == "deit.":
+    statistics = _processor_normalization(processor, path)
+    normalization = statistics or M.GOOGLE_NORMALIZATION  # ViTImageProcessor's default: 0.5, 0.5
+    if statistics is None and prefix == "deit.":
         # DeiT trains on ImageNet mean/std (facebook/deit-* ship them in preprocessor_config.json;
         # DeiTImageProcessor's own default would be 0.5).
         logger.info("%s: a DeiT checkpoint without preprocessor_config.json: assuming DeiT's "
@@ -1018,9 +1030,14 @@ def _from_huggingface(raw, config, processor, path, num_heads=None, image_size=N
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0:
         raise ValueError(f"{path!r}: 'layer_norm_eps' in its config.json must be a positive "
                          f"number, got {epsilon!r:.100}.")
+    # What the file does not say is its processor class's default: DeiTImageProcessor resizes to
+    # 256 and crops 224, bicubic; ViTImageProcessor resizes to the model's size, bilinear.
+    crop_pct, interpolation = _processor_preprocessing(
+        processor, (224 / 256, "bicubic") if prefix == "deit." else (1.0, "bilinear"), path)
     return Checkpoint(state, architecture, normalization, float(epsilon),
                       _hf_class_names(config, num_classes, path), "huggingface", "bicubic",
-                      antialias=False)  # HF's interpolate_pos_encoding has no antialias
+                      antialias=False,  # HF's interpolate_pos_encoding has no antialias
+                      crop_pct=crop_pct, interpolation=interpolation)
 
 
 def _torch_linear(tensors, name, needed_for):
@@ -1067,6 +1084,88 @@ def _config_floats(config, key, path, source="config.json"):
         raise ValueError(f"{path!r}: '{key}' in its {source} must be a number or a list of 3 "
                          f"numbers, got {value!r:.100}.")
     return value
+
+
+# PIL's resampling filters by the codes a preprocessor_config.json's `resample` holds.
+_PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+# Filters keras_vit's image pipelines lack -> the closest one they have.
+_CLOSEST_INTERPOLATION = {"lanczos": "bicubic", "box": "bilinear", "hamming": "bilinear"}
+
+
+def _interpolation(value, key, path, source, pil_codes=False):
+    """A source's resampling filter (a name; a PIL code with `pil_codes`, as Hugging Face stores
+    it) as one of `config.INTERPOLATIONS`."""
+    if pil_codes:
+        name = _PIL_FILTERS.get(value) if type(value) is int else None
+    else:
+        name = value if isinstance(value, str) else None
+    if name in INTERPOLATIONS:
+        return name
+    if name in _CLOSEST_INTERPOLATION:
+        logger.warning("%s: its %s resizes images with the %s filter (%s %r), which keras_vit's "
+                       "image pipelines lack: using %s, the closest they have; predictions may "
+                       "differ slightly from the source's.", path, source, name, key, value,
+                       _CLOSEST_INTERPOLATION[name])
+        return _CLOSEST_INTERPOLATION[name]
+    raise ValueError(f"{path!r}: '{key}' in its {source} must be "
+                     + ("a PIL resampling code 0-5" if pil_codes else
+                        f"one of {list(INTERPOLATIONS) + list(_CLOSEST_INTERPOLATION)}")
+                     + f", got {value!r:.100}.")
+
+
+def _crop_fraction(value, key, path, source):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{path!r}: '{key}' in its {source} must be a number in (0, 1], got "
+                         f"{value!r:.100}.")
+    return float(value)
+
+
+def _processor_side(processor, key, path):
+    """The short side a preprocessor_config.json's `size` or `crop_size` gives: an int, [h, w]
+    (older files), {"shortest_edge": n} or {"height": h, "width": w}; None when absent."""
+    value = processor.get(key)
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        sides = [value.get("shortest_edge")] if "shortest_edge" in value else [
+            value.get("height"), value.get("width")]
+    else:
+        sides = value if isinstance(value, list) and len(value) == 2 else [value]
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sides):
+        raise ValueError(f"{path!r}: '{key}' in its preprocessor_config.json must be a positive "
+                         f"int, [height, width], {{'shortest_edge': n}} or {{'height': h, "
+                         f"'width': w}}, got {value!r:.100}.")
+    return min(sides)
+
+
+def _processor_preprocessing(processor, default, path):
+    """`(crop_pct, interpolation)` of a Hugging Face preprocessor_config.json: its `crop_pct`, else
+    the centre crop's share of the resize (DeiT: 224 of 256 = 0.875; no crop: 1.0), and its PIL
+    `resample` code. `default`: the processor class's own, for what the file does not say."""
+    if processor is None:
+        return default
+    source = "preprocessor_config.json"
+    interpolation = default[1] if processor.get("resample") is None else _interpolation(
+        processor["resample"], "resample", path, source, pil_codes=True)
+    if processor.get("crop_pct") is not None:
+        return _crop_fraction(processor["crop_pct"], "crop_pct", path, source), interpolation
+    if not processor.get("do_center_crop", default[0] < 1):
+        return 1.0, interpolation  # the whole image, resized to the model's size
+    resized = _processor_side(processor, "size", path) if processor.get("do_resize", True) else None
+    cropped = _processor_side(processor, "crop_size", path)
+    if resized is None or cropped is None:
+        if processor.get("size") is not None or processor.get("crop_size") is not None:
+            logger.info("%s: its %s does not say both the resize and the crop (size %r, crop_size "
+                        "%r, do_resize %r): assuming crop_pct %s.", path, source,
+                        processor.get("size"), processor.get("crop_size"),
+                        processor.get("do_resize", True), default[0])
+        return default[0], interpolation
+    if cropped > resized:
+        logger.warning("%s: its %s crops %d pixels from images resized to %d (the processor pads "
+                       "them): using crop_pct 1.0, the whole image.", path, source, cropped,
+                       resized)
+        return 1.0, interpolation
+    return cropped / resized, interpolation
 
 
 def _heads(configured, hidden, path):
@@ -1235,10 +1334,11 @@ def _from_timm(raw, config, processor, path, num_heads=None, image_size=None):
         distilled=distilled, distillation_head=not distilled or "head_dist/kernel" in state)
     _check_declared(path, _timm_declared(config, path), architecture)
     normalization = pretrained if "mean" in pretrained else config
+    statistics = _processor_normalization(processor, path)
     if normalization.get("mean") is not None and normalization.get("std") is not None:
         mean, std = (_config_floats(normalization, key, path) for key in ("mean", "std"))
-    elif processor is not None:
-        mean, std = processor
+    elif statistics is not None:
+        mean, std = statistics
     else:
         logger.info("%s has no mean/std in a config.json or preprocessor_config.json: assuming "
                     "[-1, 1] inputs (mean = std = 0.5, timm's default for Google-trained ViTs).",
@@ -1250,9 +1350,18 @@ def _from_timm(raw, config, processor, path, num_heads=None, image_size=None):
             and all(isinstance(n, str) for n in names)):
         raise ValueError(f"{path!r}: 'label_names' in its config.json must be a list of "
                          f"{num_classes} strings (one per head output), got {names!r:.100}.")
+    # timm's data config: pretrained_cfg's crop_pct and interpolation, else its defaults (0.875,
+    # bicubic); a preprocessor_config.json beside the file fills what the config.json lacks.
+    crop_pct, interpolation = _processor_preprocessing(processor, (0.875, "bicubic"), path)
+    for section, where in ((config, ""), (pretrained, "pretrained_cfg.")):  # pretrained_cfg wins
+        if section.get("crop_pct") is not None:
+            crop_pct = _crop_fraction(section["crop_pct"], where + "crop_pct", path, "config.json")
+        if section.get("interpolation") is not None:
+            interpolation = _interpolation(section["interpolation"], where + "interpolation", path,
+                                           "config.json")
     return Checkpoint(state, architecture, (mean, std), L.LAYER_NORM_EPSILON,
                       list(names) if num_classes and names else _default_class_names(num_classes), "timm",
-                      "bicubic", antialias=True)
+                      "bicubic", antialias=True, crop_pct=crop_pct, interpolation=interpolation)
 
 
 def _timm_map_head(tensors, state, heads):
@@ -1299,7 +1408,8 @@ def load_pretrained(path_or_name, image_size=None, num_classes=None, include_top
         include_top: False drops the head (and pre_logits) and returns pooled features.
         resample_method: `"bilinear"` / `"bicubic"`; None uses the checkpoint source's own.
         **kwargs: other `VisionTransformer` arguments (dropout_rate, dtype, name, ...); an
-            unknown one is a TypeError.
+            unknown one is a TypeError. Those the checkpoint knows (normalisation, `crop_pct`,
+            `interpolation`, ...) follow it unless passed.
 
     A `.keras` file with none of these arguments is returned as saved (`load_keras_model`); with
     them, a saved `VisionTransformer` is rebuilt like any checkpoint.
@@ -1309,6 +1419,7 @@ def load_pretrained(path_or_name, image_size=None, num_classes=None, include_top
     explicit = {"image_size", "num_classes", "include_top", "resample_method"}
     _check_keywords("load_pretrained", kwargs, _MODEL_ARGS - explicit, also=explicit)
     _check_load_values(image_size, num_classes, include_top, resample_method)
+    _check_preprocessing(kwargs)
     path, variant = _resolve(path_or_name)
     if _is_keras_file(path) and (image_size, num_classes, include_top, resample_method,
                                  kwargs) == (None, None, True, None, {}):
@@ -1338,14 +1449,15 @@ def build_with_weights(config, weights, resample_method=None, given=None):
     for ViT-B/16), a local checkpoint path, a `.keras` model or `"hf://ORG/NAME[@REVISION]"`.
     The checkpoint's architecture must equal config's (a hybrid's ResNet units too). `given`
     names the config keys the caller chose (None: all of config's); the others that a checkpoint
-    knows (pooling, representation_size, class_token, distilled, normalisation, LayerNorm
-    epsilon, a ResNet's numerics, class names, ...) come from the checkpoint. A chosen pooling the
-    checkpoint cannot give ('token' without a class token, 'map' without a MAP head) is a
-    ValueError. With `distilled=True`, a registered name that has a distilled checkpoint too
-    (`"imagenet1k"` for DeiT) means that one.
+    knows (pooling, representation_size, class_token, distilled, normalisation, crop_pct and
+    interpolation, LayerNorm epsilon, a ResNet's numerics, class names, ...) come from the
+    checkpoint. A chosen pooling the checkpoint cannot give ('token' without a class token, 'map'
+    without a MAP head) is a ValueError. With `distilled=True`, a registered name that has a
+    distilled checkpoint too (`"imagenet1k"` for DeiT) means that one.
     """
     _check_keywords("build_with_weights", config, _MODEL_ARGS)
     given = set(config) if given is None else set(given)
+    _check_preprocessing(config)
     path = os.fspath(weights)
     # Registered names ("imagenet21k", "augreg_in21k_ft_in1k") have no slash and no file suffix.
     if not os.path.exists(path) and not re.search(r"[/\\]|\.(npz|safetensors|keras)$", path):
@@ -1421,7 +1533,8 @@ def _read_any(path, num_heads, image_size):
     return Checkpoint(_variables(model), architecture,
                       (model.normalization_mean, model.normalization_std),
                       model.layer_norm_epsilon, model.class_names, "keras", "bicubic", path=path,
-                      include_preprocessing=model.include_preprocessing)
+                      include_preprocessing=model.include_preprocessing,
+                      crop_pct=model.crop_pct, interpolation=model.interpolation)
 
 
 # The arguments of `VisionTransformer`: what a model config may hold, and their defaults.
@@ -1460,6 +1573,12 @@ def _check_load_values(image_size, num_classes, include_top, resample_method):
                          f"source's own), got {resample_method!r}.")
 
 
+def _check_preprocessing(config):
+    """A bad crop_pct or interpolation fails before a (possibly large) checkpoint is read, with the
+    model config's own message."""
+    M.ModelConfig(**{key: config[key] for key in ("crop_pct", "interpolation") if key in config})
+
+
 def _check_architecture(checkpoint, wanted, asker, advice):
     """The checkpoint must hold the architecture `wanted` (a ViT config) asks for; the depth is
     named on its own, since a file that lost its last blocks differs only there."""
@@ -1496,7 +1615,9 @@ def _build(checkpoint, config, resample_method, given):
                        ("normalization_mean", checkpoint.normalization[0]),
                        ("normalization_std", checkpoint.normalization[1]),
                        ("layer_norm_epsilon", checkpoint.layer_norm_epsilon),
-                       ("include_preprocessing", checkpoint.include_preprocessing)):
+                       ("include_preprocessing", checkpoint.include_preprocessing),
+                       ("crop_pct", checkpoint.crop_pct),
+                       ("interpolation", checkpoint.interpolation)):
         if key not in given:
             config[key] = value
     if arch["backbone"]:  # the units were checked; the numerics are the source's unless chosen

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,11 +21,13 @@ import zipfile
 
 import keras
 import numpy as np
+import PIL.Image
 import pytest
 from conftest import REPO, TINY, random_images
 
 import keras_vit
 from keras_vit import weights as W
+from keras_vit.images import load_image
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -1022,19 +1025,199 @@ def test_keras_file_with_nan_weights_is_refused(hf, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
+# Preprocessing config (crop_pct, interpolation) from the checkpoint
+
+IMAGENET_STATS = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+# preprocessor_config.json in the Hub's legacy (feature-extractor) form: google/vit-base-patch16-224's
+# as published; DeiT's with DeiTImageProcessor's values (resize 256, crop 224, bicubic).
+VIT_BASE_PROCESSOR = {"do_normalize": True, "do_resize": True, "feature_extractor_type":
+                      "ViTFeatureExtractor", "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+                      "resample": 2, "size": 224}
+DEIT_PROCESSOR = {"crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+                  "feature_extractor_type": "DeiTFeatureExtractor", **IMAGENET_STATS,
+                  "resample": 3, "size": 256}
+TIMM_CONFIG = {"architecture": "vit_test", "num_classes": 10,
+               "model_args": {"embed_dim": HIDDEN, "depth": DEPTH, "num_heads": HEADS}}
+
+
+def hf_with_processor(hf, folder, processor):
+    """The shared HF model's folder with `processor` as its preprocessor_config.json (a dict, or
+    an image processor whose save_pretrained writes it)."""
+    shutil.copytree(hf["folder"] / "hf", folder)
+    if isinstance(processor, dict):
+        (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    else:
+        processor.save_pretrained(folder)
+    return folder
+
+
+def timm_with_pretrained_cfg(hf, folder, pretrained_cfg):
+    pretrained_cfg = {"input_size": [3, 32, 32], **pretrained_cfg}
+    return write_timm(folder, timm_from_hf(hf["sd"]), {**TIMM_CONFIG, "pretrained_cfg": pretrained_cfg})
+
+
+# layout: (how to write it, (crop_pct, interpolation) its source evaluates with)
+PREPROCESSING_LAYOUTS = {
+    # vit_jax's input pipeline: tf.image.resize of the whole image (bilinear), no crop.
+    "google_npz": (lambda hf, tmp: hf["folder"] / "google.npz", (1.0, "bilinear")),
+    # No preprocessor_config.json: ViTImageProcessor's defaults (224x224 bilinear, no crop).
+    "hf_without_processor": (lambda hf, tmp: hf["folder"] / "hf", (1.0, "bilinear")),
+    "hf_vit_base_processor": (lambda hf, tmp: hf_with_processor(hf, tmp / "m", VIT_BASE_PROCESSOR),
+                              (1.0, "bilinear")),
+    "hf_deit_processor": (lambda hf, tmp: hf_with_processor(hf, tmp / "m", DEIT_PROCESSOR),
+                          (0.875, "bicubic")),
+    "hf_shortest_edge_nearest": (lambda hf, tmp: hf_with_processor(hf, tmp / "m", {
+        "size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32},
+        "do_center_crop": True, "resample": 0}), (0.8, "nearest")),
+    "hf_list_sizes": (lambda hf, tmp: hf_with_processor(hf, tmp / "m", {
+        "size": [40, 40], "crop_size": [32, 32], "do_center_crop": True, "resample": 2}),
+        (0.8, "bilinear")),
+    "hf_crop_pct": (lambda hf, tmp: hf_with_processor(hf, tmp / "m", {
+        "crop_pct": 0.95, "size": {"shortest_edge": 32}, "resample": 2}), (0.95, "bilinear")),
+    # timm's pretrained_cfg: AugReg fine-tunes 0.9 bicubic; some 1.0.
+    "timm_augreg": (lambda hf, tmp: timm_with_pretrained_cfg(
+        hf, tmp, {"crop_pct": 0.9, "interpolation": "bicubic"}), (0.9, "bicubic")),
+    "timm_full_image_bilinear": (lambda hf, tmp: timm_with_pretrained_cfg(
+        hf, tmp, {"crop_pct": 1.0, "interpolation": "bilinear"}), (1.0, "bilinear")),
+    # A timm file alone: timm's data-config defaults (crop_pct 0.875, bicubic).
+    "timm_without_config": (lambda hf, tmp: hf["folder"] / "timm" / "model.safetensors",
+                            (0.875, "bicubic")),
+}
+
+
+@pytest.mark.parametrize("layout", list(PREPROCESSING_LAYOUTS))
+def test_preprocessing_follows_the_checkpoint(hf, tmp_path, layout):
+    write, expected = PREPROCESSING_LAYOUTS[layout]
+    model = keras_vit.load_pretrained(write(hf, tmp_path), num_heads=HEADS)
+    assert (model.crop_pct, model.interpolation) == expected
+    assert model.preprocessing_config["crop_pct"] == expected[0]
+    assert model.preprocessing_config["interpolation"] == expected[1]
+    same = keras_vit.ViT(**TINY, weights=write(hf, tmp_path / "again"))  # not passed: follows
+    assert (same.crop_pct, same.interpolation) == expected
+
+
+def image_processor(name, **kwargs):
+    """transformers' PIL-based processor (transformers 5 names it ...Pil; 4 has only that one)."""
+    return (getattr(transformers, name + "Pil", None) or getattr(transformers, name))(**kwargs)
+
+
+@pytest.mark.parametrize("processor", ["vit", "deit", "clip"])
+def test_processor_pixels_are_what_the_model_config_reproduces(hf, tmp_path, processor):
+    """The crop and filter read from a processor's file, given to keras_vit.images.load_image,
+    give the pixels transformers' processor gives (a square image: HF's DeiT resize squashes)."""
+    processor = {
+        "vit": lambda: image_processor("ViTImageProcessor", size={"height": 32, "width": 32}),
+        "deit": lambda: image_processor("DeiTImageProcessor", size={"height": 40, "width": 40},
+                                        crop_size={"height": 32, "width": 32}),
+        "clip": lambda: image_processor("CLIPImageProcessor", size={"shortest_edge": 36},
+                                        crop_size={"height": 32, "width": 32}, resample=0),
+    }[processor]()
+    model = keras_vit.load_pretrained(hf_with_processor(hf, tmp_path / "m", processor))
+    file = tmp_path / "image.png"
+    PIL.Image.fromarray(random_images(1, 61, seed=4)[0]).save(file)
+    expected = processor(PIL.Image.open(file), do_rescale=False, do_normalize=False,
+                         return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+    ours = load_image(file, model.image_size, model.crop_pct, model.interpolation)
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_explicit_preprocessing_wins(hf, tmp_path):
+    path = timm_with_pretrained_cfg(hf, tmp_path, {"crop_pct": 0.9, "interpolation": "bilinear"})
+    model = keras_vit.load_pretrained(path, crop_pct=0.75, interpolation="nearest")
+    assert (model.crop_pct, model.interpolation) == (0.75, "nearest")
+    model = keras_vit.ViT(**TINY, weights=path, crop_pct=1.0)  # the other follows the file
+    assert (model.crop_pct, model.interpolation) == (1.0, "bilinear")
+    model = keras_vit.ViT(**TINY, weights=hf["folder"] / "google.npz", interpolation="bicubic")
+    assert (model.crop_pct, model.interpolation) == (1.0, "bicubic")
+
+
+def test_preprocessing_survives_keras_files(hf, tmp_path):
+    path = timm_with_pretrained_cfg(hf, tmp_path, {"crop_pct": 0.9, "interpolation": "bilinear"})
+    keras_vit.load_pretrained(path).save(tmp_path / "model.keras")
+    for model in (keras_vit.load_pretrained(tmp_path / "model.keras"),  # as saved
+                  keras_vit.load_pretrained(tmp_path / "model.keras", num_classes=3),  # rebuilt
+                  keras_vit.ViT(**TINY, weights=tmp_path / "model.keras")):
+        assert (model.crop_pct, model.interpolation) == (0.9, "bilinear")
+    model = keras_vit.load_pretrained(tmp_path / "model.keras", crop_pct=0.8)
+    assert (model.crop_pct, model.interpolation) == (0.8, "bilinear")
+    model.save(tmp_path / "chosen.keras")
+    loaded = keras_vit.load_pretrained(tmp_path / "chosen.keras")
+    assert (loaded.crop_pct, loaded.interpolation) == (0.8, "bilinear")
+
+
+@pytest.mark.parametrize("pretrained_cfg, match", [
+    ({"crop_pct": 1.5},
+     r"'pretrained_cfg.crop_pct' in its config.json must be a number in \(0, 1\], got 1.5"),
+    ({"crop_pct": "0.9"}, r"'pretrained_cfg.crop_pct'.*got '0.9'"),
+    ({"crop_pct": True}, r"'pretrained_cfg.crop_pct'.*got True"),
+    ({"crop_pct": 0}, r"'pretrained_cfg.crop_pct'.*got 0"),
+    ({"interpolation": "cubic"},
+     r"'pretrained_cfg.interpolation' in its config.json must be one of \['bicubic', 'bilinear', "
+     r"'nearest', 'lanczos', 'box', 'hamming'\], got 'cubic'"),
+    ({"interpolation": 3}, r"'pretrained_cfg.interpolation'.*got 3"),  # timm writes names
+])
+def test_bad_timm_preprocessing_is_a_clear_error(hf, tmp_path, pretrained_cfg, match):
+    with pytest.raises(ValueError, match=match):
+        keras_vit.load_pretrained(timm_with_pretrained_cfg(hf, tmp_path, pretrained_cfg))
+
+
+@pytest.mark.parametrize("processor, match", [
+    ({"resample": 9}, r"'resample' in its preprocessor_config.json must be a PIL resampling code "
+                      r"0-5, got 9"),
+    ({"resample": True}, r"'resample'.*got True"),
+    ({"resample": "bicubic"}, r"'resample'.*got 'bicubic'"),
+    ({"crop_pct": -1}, r"'crop_pct' in its preprocessor_config.json must be a number in \(0, 1\]"),
+    ({"do_center_crop": True, "size": {"longest": 40}, "crop_size": 32},
+     r"'size' in its preprocessor_config.json must be a positive int.*got \{'longest': 40\}"),
+    ({"do_center_crop": True, "size": 40, "crop_size": {"height": 32, "width": -1}},
+     r"'crop_size'.*got \{'height': 32, 'width': -1\}"),
+])
+def test_bad_processor_preprocessing_is_a_clear_error(hf, tmp_path, processor, match):
+    with pytest.raises(ValueError, match=match):
+        keras_vit.load_pretrained(hf_with_processor(hf, tmp_path / "m", processor))
+
+
+def test_filters_keras_vit_lacks_and_odd_crops_are_warned_about(hf, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="keras_vit"):
+        model = keras_vit.load_pretrained(hf_with_processor(hf, tmp_path / "a", {"resample": 1}))
+    assert model.interpolation == "bicubic"
+    assert "lanczos filter (resample 1)" in caplog.text and "using bicubic" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="keras_vit"):
+        model = keras_vit.load_pretrained(timm_with_pretrained_cfg(hf, tmp_path / "b", {
+            "interpolation": "box"}))
+    assert model.interpolation == "bilinear" and "box filter" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="keras_vit"):  # crop larger than the resize
+        model = keras_vit.load_pretrained(hf_with_processor(hf, tmp_path / "c", {
+            "do_center_crop": True, "size": 32, "crop_size": 40}))
+    assert model.crop_pct == 1.0 and "crops 40 pixels from images resized to 32" in caplog.text
+
+
+def test_bad_preprocessing_arguments_fail_before_the_file_is_read(tmp_path):
+    missing = tmp_path / "absent.safetensors"  # never read: the values are refused first
+    with pytest.raises(ValueError, match=r"crop_pct must be a number in \(0, 1\], got 1.2"):
+        keras_vit.load_pretrained(missing, crop_pct=1.2)
+    with pytest.raises(ValueError, match="Unknown interpolation 'area'"):
+        keras_vit.ViT(**TINY, weights=missing, interpolation="area")
+    with pytest.raises(ValueError, match=r"crop_pct must be a number in \(0, 1\], got '0.9'"):
+        keras_vit.ViT(**TINY, weights=missing, crop_pct="0.9")
+
+
+# ------------------------------------------------------------------------------------------------
 # Real weights
 
 
 @pytest.mark.real_data
 def test_real_deit_tiny(shared_data):
-    from keras_vit.images import load_image
-
     model = keras_vit.load_pretrained(os.path.join(shared_data, "deit_tiny_patch16_224", "model.safetensors"))
     assert model.count_params() == 5_717_416
     np.testing.assert_allclose(model.normalization_mean, [0.485, 0.456, 0.406])
+    # DeiT's evaluation (its config.json's pretrained_cfg): short side to 256, centre 224, bicubic.
+    assert (model.crop_pct, model.interpolation) == (0.875, "bicubic")
     files = sorted(glob.glob(os.path.join(shared_data, "imagenet20", "imagenet_*.jpg")))
     files += [os.path.join(shared_data, "images", n) for n in ("chelsea.png", "coffee.png")]
-    images = np.stack([load_image(f, 224, crop_pct=0.875, interpolation="bicubic") for f in files])
+    images = np.stack([load_image(f, 224, model.crop_pct, model.interpolation) for f in files])
     predicted = model.predict(images, verbose=0).argmax(-1)
     truth = [int(os.path.basename(f).split("_")[2].split(".")[0]) for f in files[:-2]]
     assert len(truth) == 20

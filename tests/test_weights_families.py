@@ -127,6 +127,9 @@ def test_hybrid_files_load_with_the_references_logits(hybrid, layout):
     numerics = R.VIT_JAX_NUMERICS if layout == "npz" else R.TIMM_NUMERICS
     assert model.backbone == dict(block_units=hybrid["block_units"], width_factor=1, **numerics)
     assert model.patch_size == (hybrid["patch"],) * 2 and model.image_size == hybrid["size"]
+    # vit_jax evaluates on the whole image resized bilinearly; timm's defaults are 0.875, bicubic.
+    assert (model.crop_pct, model.interpolation) == (
+        (1.0, "bilinear") if layout == "npz" else (0.875, "bicubic"))
     expected = hybrid["reference"].logits(hybrid["images"], vit_jax_numerics=layout == "npz")
     # (The numerics' effect on these logits is ~1e-4, below the tolerance: the backbone config
     # above is what pins them; test_resnet shows each numerics on the feature map.)
