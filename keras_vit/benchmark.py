@@ -1,7 +1,8 @@
-"""Speed and memory of keras_vit side by side with KerasHub, Hugging Face and timm, in one process.
+"""Speed and memory of keras_vit side by side with KerasHub, Hugging Face, timm and ONNX Runtime.
 
     keras-vit benchmark --model ViTS16 --batch-size 32 --precision bfloat16 --output results.json
     KERAS_BACKEND=jax keras-vit benchmark --model ViTB16 --batch-size 256 --precision bfloat16 --peers timm
+    keras-vit benchmark --model ViTS16 --peers onnxruntime --tasks latency,throughput,memory
 
 What is measured, for one architecture, batch size, image size, backend and precision:
 - `latency`: inference at `--latency-batch-size` (default 1); `throughput`: inference at `--batch-size`;
@@ -14,11 +15,14 @@ What is measured, for one architecture, batch size, image size, backend and prec
   crop, resize, flip, batch, prefetch) on photo-sized JPEGs, beside the training step's images/s:
   whether the input pipeline can keep the model fed on this machine.
 
+ONNX Runtime (CPU execution provider, float32, inference only) runs keras_vit's own ONNX export
+(`keras_vit.export.onnx`) of the same model: what a user who serves on ONNX Runtime gets.
+
 Contenders run interleaved (A B C A B C ...) after their warm-up, so that load from other processes
 hits every contender alike; each cell reports the median and the min/max of `--repeats` timings and
 the ratio to `keras_vit`. On GPU the model FLOP utilisation uses `vit_flops`, the analytic count.
 Peers that are not installed are skipped, and the table says so. TensorFlow, PyTorch, KerasHub,
-transformers and timm are imported only when a contender needs them.
+transformers, timm and ONNX Runtime are imported only when a contender needs them.
 """
 
 import argparse
@@ -32,7 +36,7 @@ import time
 
 import numpy as np
 
-PEERS = ("keras_hub", "hf", "timm")
+PEERS = ("keras_hub", "hf", "timm", "onnxruntime")
 TASKS = ("latency", "throughput", "training", "memory", "tflite", "pipeline")
 DEFAULT_TASKS = ("latency", "throughput", "training", "memory")
 PRECISIONS = ("float32", "bfloat16")
@@ -106,7 +110,8 @@ def environment(threads):
             "backend": keras.backend.backend(), "numpy": np.__version__, "threads": threads,
             "cpu": _cpu_model(), "cpu_cores": len(os.sched_getaffinity(0)),
             "platform": platform.platform()}
-    for module in ("tensorflow", "jax", "torch", "transformers", "keras_hub", "timm", "ai_edge_litert"):
+    for module in ("tensorflow", "jax", "torch", "transformers", "keras_hub", "timm", "ai_edge_litert",
+                   "onnxruntime"):
         if module in sys.modules or module == keras.backend.backend():
             info[module] = getattr(sys.modules.get(module) or __import__(module), "__version__", "?")
     info["gpu"] = _gpu_name()
@@ -148,11 +153,16 @@ def _gpu_name():
     return None
 
 
+# Threads of the ONNX Runtime sessions (set_threads sets it; a session takes it when created).
+_ONNXRUNTIME_THREADS = {}
+
+
 def set_threads(threads):
     """Same thread count for every framework (call before any of them runs an op)."""
     import keras
 
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    _ONNXRUNTIME_THREADS["intra_op"] = threads
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -172,11 +182,17 @@ def set_threads(threads):
 
 
 class Contender:
-    """One implementation: `predict(batch)` and `train_step(batch)` on prepared inputs."""
+    """One implementation: `predict(batch)` and `train_step(batch)` on prepared inputs.
+    `prepare()`, where given, makes what the contender loads (a converted file) in this
+    process, so that a memory subprocess measures loading and running it, not the conversion."""
 
-    def __init__(self, name, library, settings, build_predict, build_train=None):
+    def __init__(self, name, library, settings, build_predict, build_train=None, prepare=None):
         self.name, self.library, self.settings = name, library, settings
-        self.build_predict, self.build_train = build_predict, build_train
+        self.build_predict, self.build_train, self.prepare = build_predict, build_train, prepare
+
+
+class Unavailable(Exception):
+    """A peer that cannot run in this setting (the message says why); it is skipped."""
 
 
 def _keras_optimizer(name):
@@ -347,8 +363,57 @@ def timm_contenders(config, precision, optimizer):
     return contenders
 
 
-PEER_BUILDERS = {"keras_hub": keras_hub_contender, "hf": hf_contender, "timm": timm_contenders}
-PEER_LIBRARIES = {"keras_hub": "keras_hub", "hf": "transformers", "timm": "timm"}
+# ONNX files converted in this process, by configuration (JSON): made once, shared with the
+# memory subprocesses, removed at exit.
+_ONNX_FILES = {}
+
+
+def onnxruntime_contender(config, precision, optimizer):
+    """ONNX Runtime's CPU execution provider on keras_vit's ONNX export of the same model
+    (`keras_vit.export.onnx_format.convert`: tf2onnx, raw-pixel input): inference only, float32."""
+    import keras
+    import onnxruntime
+
+    if precision != "float32":
+        raise Unavailable("float32 only (ONNX Runtime's CPU provider runs the float32 export)")
+    if keras.backend.backend() != "tensorflow":
+        raise Unavailable("needs KERAS_BACKEND=tensorflow (the export goes through TensorFlow)")
+    if _gpu_name():
+        raise Unavailable("a CPU contender, and this run's Keras models are on a GPU")
+    key = json.dumps(config, sort_keys=True)
+
+    def prepare():
+        if key not in _ONNX_FILES:
+            import atexit
+            import shutil
+            import tempfile
+
+            from keras_vit import models
+            from keras_vit.export import onnx_format
+
+            folder = tempfile.mkdtemp(prefix="keras_vit_bench_onnx_")
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            path = os.path.join(folder, "vit.onnx")
+            with open(path, "wb") as f:
+                f.write(onnx_format.convert(models.VisionTransformer(**config)).SerializeToString())
+            _ONNX_FILES[key] = path
+        return _ONNX_FILES[key]
+
+    def predict_fn(images):
+        from keras_vit.export import onnx_format
+
+        run = onnx_format.onnx_runner(prepare(), num_threads=_ONNXRUNTIME_THREADS.get("intra_op"))
+        return lambda batch: run(batch)["logits"]
+
+    settings = {"onnxruntime": onnxruntime.__version__, "provider": "CPUExecutionProvider",
+                "model": "keras_vit.export.onnx (tf2onnx), float32"}
+    return Contender("ONNX Runtime (CPU)", "onnxruntime", settings, predict_fn, prepare=prepare)
+
+
+PEER_BUILDERS = {"keras_hub": keras_hub_contender, "hf": hf_contender, "timm": timm_contenders,
+                 "onnxruntime": onnxruntime_contender}
+PEER_LIBRARIES = {"keras_hub": "keras_hub", "hf": "transformers", "timm": "timm",
+                  "onnxruntime": "onnxruntime"}
 
 
 def build_contenders(config, precision, optimizer, peers, fast=True):
@@ -362,6 +427,9 @@ def build_contenders(config, precision, optimizer, peers, fast=True):
             built = PEER_BUILDERS[peer](config, precision, optimizer)
         except ImportError as error:
             skipped[peer] = f"not installed ({error.name or error})"
+            continue
+        except Unavailable as error:
+            skipped[peer] = str(error)
             continue
         contenders.extend(built if isinstance(built, list) else [built])
     return contenders, skipped
@@ -413,7 +481,10 @@ def _memory_in_subprocess(spec, contender, images_shape):
             "print('KVB_MEMORY=' + json.dumps(_memory_child(json.loads(sys.argv[1]))))")
     # Only the contender's own library is imported there, so RSS is not inflated by the others.
     peers = [peer for peer, library in PEER_LIBRARIES.items() if library == contender.library]
-    payload = json.dumps({**spec, "peers": peers, "name": contender.name, "images_shape": images_shape})
+    if contender.prepare is not None:
+        contender.prepare()
+    payload = json.dumps({**spec, "peers": peers, "name": contender.name, "images_shape": images_shape,
+                          "onnx_files": _ONNX_FILES})
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True,
@@ -443,6 +514,7 @@ def peak_rss_mib():
 
 def _memory_child(spec):
     set_threads(spec["threads"])
+    _ONNX_FILES.update(spec.get("onnx_files", {}))
     contenders, _ = build_contenders(spec["config"], spec["precision"], spec["optimizer"],
                                      spec["peers"], spec["fast"])
     contender = next(c for c in contenders if c.name == spec["name"])
@@ -461,6 +533,8 @@ def _memory_child(spec):
 
 
 def _device_peak_mib(contender):
+    if contender.library == "onnxruntime":
+        return None  # CPU only: its memory is the process's RSS
     if contender.library in ("transformers", "timm"):
         import torch
 
@@ -650,7 +724,7 @@ def markdown_table(report):
         f"Backend {env['backend']}, Keras {env['keras']}, threads {env['threads']}, CPU "
         f"{env['cpu']} x{env['cpu_cores']} cores, GPU {env['gpu'] or 'none'}; "
         + ", ".join(f"{k} {env[k]}" for k in ("tensorflow", "jax", "torch", "transformers",
-                                             "keras_hub", "timm") if k in env) + ".",
+                                             "keras_hub", "timm", "onnxruntime") if k in env) + ".",
         "",
     ]
     titles = {"latency": f"Inference latency, batch {s['latency_batch_size']}",

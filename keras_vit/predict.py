@@ -1,14 +1,16 @@
-"""Top-k labels for image files, from a `.keras` file, a SavedModel or a `.tflite` file.
+"""Top-k labels for image files, from a `.keras` file, a SavedModel, a `.tflite` or an `.onnx` file.
 
     keras-vit predict saved_models/vit photo.jpg            # a TF Serving base dir: highest version
     keras-vit predict vit.tflite photo.jpg --top-k 3 --json
+    keras-vit predict vit.onnx photo.jpg                    # ONNX Runtime (the [onnx] extra)
 
     >>> keras_vit.predict.predict("runs/x/model.keras", ["cat.jpg"])
     [[('Egyptian cat', 0.81), ('tabby', 0.09), ...]]
 
 Images are read with `keras_vit.images.load_image` (short-side resize and centre crop). Label
 names come from `--labels`, else the model (`class_names`, the SavedModel's stored labels or its
-`metadata.json`), else ImageNet's names for 1000-class models, else the class indices.
+`metadata.json`, the ONNX file's metadata), else ImageNet's names for 1000-class models, else the
+class indices. A feature extractor's export (embeddings only) is refused: it has no classes.
 """
 
 import json
@@ -50,6 +52,15 @@ def _default_labels(num_classes, stored=None):
     return [str(i) for i in range(num_classes)]
 
 
+def _no_logits(path, outputs):
+    """ValueError for a model without `logits`: a feature extractor, or no keras_vit export."""
+    if "embeddings" in outputs:
+        return ValueError(f"{path!r} is a feature extractor (its outputs: embeddings only): it "
+                          f"has no classes to predict. Export a model built with include_top=True.")
+    return ValueError(f"{path!r} is not a keras_vit export: expected a `logits` output, got "
+                      f"{sorted(outputs)}.")
+
+
 class _Predictor:
     """Loads a model once; `probabilities(images)` maps uint8 `(n, H, W, 3)` to class probabilities."""
 
@@ -62,16 +73,20 @@ class _Predictor:
             load, model_path = self._load_saved_model, find_saved_model(model_path)
         elif model_path.endswith(".tflite"):
             load = self._load_tflite
+        elif model_path.endswith(".onnx"):
+            load = self._load_onnx
         elif model_path.endswith(".keras"):
             load = self._load_keras
         else:
             raise ValueError(f"Unknown model format {model_path!r}: expected a .keras file, a "
-                             f"SavedModel directory or a .tflite file.")
+                             f"SavedModel directory, a .tflite or an .onnx file.")
         with export_lib.naming_load_errors(model_path):
             load(model_path)
 
     def _load_keras(self, path):
         model = export_lib.load_model(path)
+        if not getattr(model, "include_top", True):
+            raise _no_logits(path, ["embeddings"])
         self.image_size = tuple(model.input_shape[1:3])
         num_classes = model.output_shape[-1]
         self.crop_pct = getattr(model, "crop_pct", DEFAULT_CROP_PCT)
@@ -84,31 +99,48 @@ class _Predictor:
         loaded = tf.saved_model.load(path)
         signature = loaded.signatures.get("serving_default")
         inputs = signature.structured_input_signature[1] if signature is not None else {}
-        if "images" not in inputs or "logits" not in signature.structured_outputs:
+        if "images" not in inputs:
             raise ValueError(f"{path!r} is not a keras_vit SavedModel: expected a serving_default "
                              f"signature taking `images` and returning `logits`.")
+        if "logits" not in signature.structured_outputs:
+            raise _no_logits(path, signature.structured_outputs)
         metadata = {}
         if os.path.isfile(os.path.join(path, "metadata.json")):
             with open(os.path.join(path, "metadata.json"), encoding="utf-8") as f:
                 metadata = json.load(f)
         self.image_size = tuple(inputs["images"].shape[1:3])
-        preprocessing = metadata.get("preprocessing", {})
-        self.crop_pct = preprocessing.get("crop_pct", DEFAULT_CROP_PCT)
-        self.interpolation = preprocessing.get("interpolation", "bicubic")
+        self._preprocessing(metadata)
         stored = getattr(loaded, "class_names", None)
         stored = [s.decode() for s in stored.numpy()] if stored is not None else metadata.get("labels")
         num_classes = signature.structured_outputs["logits"].shape[-1]
         self.labels = _default_labels(num_classes, stored)
         self._logits = lambda x: signature(images=tf.constant(x, tf.float32))["logits"].numpy()
 
-    def _load_tflite(self, path):
-        from ai_edge_litert.interpreter import Interpreter
+    def _preprocessing(self, metadata):
+        preprocessing = metadata.get("preprocessing", {})
+        self.crop_pct = preprocessing.get("crop_pct", DEFAULT_CROP_PCT)
+        self.interpolation = preprocessing.get("interpolation", "bicubic")
 
-        interpreter = Interpreter(model_path=path)
-        self.image_size = tuple(int(d) for d in interpreter.get_input_details()[0]["shape"][1:3])
-        num_classes = int(interpreter.get_output_details()[0]["shape"][-1])
-        self.labels = _default_labels(num_classes)
-        self._logits = lambda x: export_lib.run_tflite(path, x)
+    def _load_tflite(self, path):
+        self._from_runner(path, export_lib.tflite_runner(path), {})
+
+    def _load_onnx(self, path):
+        self._from_runner(path, export_lib.onnx_runner(path), export_lib.onnx_metadata(path))
+
+    def _from_runner(self, path, run, metadata):
+        """Image size, labels and logits from a runner `images -> {output name: array}` with
+        `input_shape` and `output_shapes` (TFLite, ONNX)."""
+        shape = run.input_shape
+        if len(shape) != 4 or shape[-1] != 3 or not all(isinstance(d, int) for d in shape[1:3]):
+            raise ValueError(f"{path!r} takes input of shape {shape}; expected (batch, H, W, 3) "
+                             f"images, as keras_vit exports take.")
+        if "logits" not in run.output_shapes:
+            raise _no_logits(path, run.output_shapes)
+        self.image_size = tuple(shape[1:3])
+        self._preprocessing(metadata)
+        self.labels = _default_labels(int(run.output_shapes["logits"][-1]),
+                                      metadata.get("labels") or None)
+        self._logits = lambda x: run(x)["logits"]
 
     def probabilities(self, images):
         logits = self._logits(np.asarray(images, dtype="float32")).astype("float64")
@@ -151,7 +183,8 @@ def predict(model_path, image_paths, top_k=5, labels=None):
 
     Args:
         model_path: a `.keras` file, a SavedModel directory (a TF Serving base directory uses its
-            highest version) or a `.tflite` file (run with LiteRT).
+            highest version), a `.tflite` file (run with LiteRT) or an `.onnx` file (run with
+            ONNX Runtime on the CPU).
         image_paths: image files (one path or a list).
         labels: class names (a list or a label file) overriding the model's.
 
@@ -165,7 +198,7 @@ def predict(model_path, image_paths, top_k=5, labels=None):
 
 def add_predict_arguments(parser):
     parser.add_argument("model", help="a .keras file, a SavedModel (or TF Serving base) directory, "
-                        "or a .tflite file")
+                        "a .tflite or an .onnx file")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--top-k", type=int, default=5, help="how many classes to print (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -90,6 +90,41 @@ def test_benchmark_memory_and_tflite(tmp_path):
     assert report["results"]["tflite"]["LiteRT none"]["size_mb"] > 0.1
 
 
+def test_onnxruntime_joins_as_an_inference_contender(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    out, md = tmp_path / "results.json", tmp_path / "results.md"
+    main(["benchmark", "--model", "ViTTi16", "--config", json.dumps(TINY), "--batch-size", "2",
+          "--repeats", "2", "--warmup", "1", "--tasks", "latency,throughput",
+          "--peers", "onnxruntime", "--no-fast", "--threads", "1", "--output", str(out),
+          "--markdown", str(md)])
+    report = json.loads(out.read_text())
+    for task in ("latency", "throughput"):
+        row = report["results"][task]["ONNX Runtime (CPU)"]
+        assert row["repeats"] == 2 and 0 < row["min_ms"] <= row["median_ms"]
+    assert report["environment"]["onnxruntime"] and "| ONNX Runtime (CPU) |" in md.read_text()
+    assert report["settings"]["contenders"]["ONNX Runtime (CPU)"]["provider"] == "CPUExecutionProvider"
+    # Its export runs float32 only: a bfloat16 run says why it is left out.
+    report = benchmark.run_suite(TINY, batch_size=2, precision="bfloat16", peers=["onnxruntime"],
+                                 tasks=["latency"], repeats=1, warmup=0, fast=False)
+    assert report["skipped"]["onnxruntime"].startswith("float32 only")
+    assert "ONNX Runtime (CPU)" not in report["results"]["latency"]
+
+
+@pytest.mark.slow
+def test_onnxruntime_memory_loads_the_file_converted_once():
+    pytest.importorskip("onnxruntime")
+    contenders, _ = benchmark.build_contenders(TINY, "float32", "sgd", ["onnxruntime"], fast=False)
+    ort_contender = contenders[-1]
+    assert ort_contender.build_train is None  # inference only
+    spec = {"config": TINY, "precision": "float32", "optimizer": "sgd", "fast": False, "threads": 1}
+    memory = benchmark._memory_in_subprocess(spec, ort_contender, [2, 32, 32, 3])
+    assert memory["peak_rss_mib"] >= memory["rss_after_imports_mib"] > 50, memory
+    # The subprocess ran the file this process converted: one conversion, not one per process.
+    (path,) = benchmark._ONNX_FILES.values()
+    assert os.path.isfile(path) and ort_contender.prepare() == path
+
+
 def test_benchmark_pipeline_beside_training(tmp_path):
     out, md = tmp_path / "results.json", tmp_path / "results.md"
     main(["benchmark", "--model", "ViTTi16", "--config", json.dumps(TINY), "--batch-size", "4",

@@ -19,6 +19,7 @@ from PIL import Image
 
 import keras_vit
 from keras_vit import export
+from keras_vit.export import common, image_bytes, tflite_format
 from keras_vit.images import load_image, read_image
 
 from conftest import TINY, random_images, randomize_weights
@@ -162,7 +163,7 @@ def test_bytes_preprocessing_matches_load_image_pixels(tmp_path):
     path = str(tmp_path / "smooth.png")
     Image.fromarray(array).save(path)
     for crop_pct in (0.875, 1.0):
-        ours = export._resize_and_crop(tf.io.decode_png(open(path, "rb").read()), 32, 32, crop_pct, "bicubic")
+        ours = image_bytes.resize_and_crop(tf.io.decode_png(open(path, "rb").read()), 32, 32, crop_pct, "bicubic")
         reference = load_image(path, 32, crop_pct=crop_pct).astype("float32")
         assert np.abs(ours.numpy() - reference).mean() < 1.0
 
@@ -334,7 +335,7 @@ def test_serving_decodes_every_format_of_the_shared_list_like_load_image(tmp_pat
         Image.fromarray(array).save(path, **options)
     # At the images' own size the resize is the identity: the decoded pixels themselves, which
     # must be Pillow's (images.read_image) exactly.
-    decode = tf.function(lambda data: export._decode_batch(data, 45, 60, 1.0, "bicubic", 10 ** 6))
+    decode = tf.function(lambda data: image_bytes.decode_batch(data, 45, 60, 1.0, "bicubic", 10 ** 6))
     ours = decode(tf.constant([open(path, "rb").read() for path in paths])).numpy()
     for image, path in zip(ours, paths):
         np.testing.assert_array_equal(image, read_image(path), err_msg=path)
@@ -386,11 +387,151 @@ def test_saved_model_bad_arguments(tiny_model, tmp_path):
     assert json.load(open(os.path.join(path, "metadata.json")))["top_k"] == 10
 
 
-def test_feature_extractor_and_label_count_are_rejected(tiny_model, tmp_path):
-    with pytest.raises(ValueError, match="include_top=True"):
-        export.saved_model(keras_vit.ViT(**{**TINY, "include_top": False}), str(tmp_path / "a"))
+def test_token_sequences_and_label_count_are_rejected(tiny_model, tmp_path):
+    tokens = keras_vit.ViT(**{**TINY, "include_top": False, "pooling": None})  # (batch, 65, 64)
+    with pytest.raises(ValueError, match=r"got output shape \(None, 65, 64\).*pooling=None returns every token"):
+        export.saved_model(tokens, str(tmp_path / "a"))
     with pytest.raises(ValueError, match="3 labels"):
         export.saved_model(tiny_model, str(tmp_path / "b"), labels=["a", "b", "c"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Embeddings: a classifier's pre-head features beside its logits; a feature extractor's alone.
+
+
+@pytest.fixture(scope="module")
+def feature_extractor(tiny_model):
+    """The tiny model's layers without the head: include_top=False with the same weights."""
+    model = keras_vit.ViT(**{**TINY, "include_top": False})
+    model.set_weights(tiny_model.get_weights()[:-2])  # all but the head's kernel and bias
+    return model
+
+
+def _head(model):
+    kernel, bias = model.get_layer("head").get_weights()
+    return kernel, bias
+
+
+def test_classifier_export_returns_its_pre_head_features(tiny_model, feature_extractor, exported):
+    images = random_images(3, 32, seed=12).astype("float32")
+    served = tf.saved_model.load(exported[1]).signatures["serving_default"](images=tf.constant(images))
+    # The same features as the model built without a head, and the logits are their affine map
+    # through the head's own weights.
+    embeddings = served["embeddings"].numpy()
+    assert embeddings.dtype == np.float32 and embeddings.shape == (3, TINY["hidden_size"])
+    np.testing.assert_allclose(embeddings, feature_extractor.predict(images, verbose=0), atol=1e-4)
+    kernel, bias = _head(tiny_model)
+    np.testing.assert_allclose(served["logits"].numpy(), embeddings @ kernel + bias, atol=1e-4)
+    metadata = json.load(open(os.path.join(exported[1], "metadata.json")))
+    assert metadata["task"] == "classification" and metadata["embedding_size"] == 64
+    assert metadata["signatures"]["serving_default"]["outputs"] == [
+        "logits", "probabilities", "top_k_indices", "top_k_labels", "embeddings"]
+    assert metadata["outputs"]["embeddings"].startswith("float32 (batch, 64): the pre-head features")
+
+
+def test_feature_extractor_saved_model_serves_embeddings_in_both_signatures(feature_extractor, tmp_path):
+    path = export.saved_model(feature_extractor, str(tmp_path / "features"))
+    loaded = tf.saved_model.load(path)
+    images = random_images(2, 32, seed=13).astype("float32")
+    served = loaded.signatures["serving_default"](images=tf.constant(images))
+    assert sorted(served) == ["embeddings"]
+    np.testing.assert_allclose(served["embeddings"].numpy(), feature_extractor.predict(images, verbose=0),
+                               atol=1e-4)
+    photos = [random_images(1, (40, 52), seed=14)[0], random_images(1, (36, 30), seed=15)[0]]
+    files = [str(tmp_path / f"{i}.png") for i in range(2)]
+    for file, photo in zip(files, photos):
+        Image.fromarray(photo).save(file)
+    out = loaded.signatures["serve_image_bytes"](image_bytes=tf.constant([_png_bytes(p) for p in photos]))
+    pixels = np.stack([load_image(f, 32) for f in files]).astype("float32")
+    expected = feature_extractor.predict(pixels, verbose=0)
+    cosine = np.sum(out["embeddings"].numpy() * expected, -1) / (
+        np.linalg.norm(out["embeddings"].numpy(), axis=-1) * np.linalg.norm(expected, axis=-1))
+    assert sorted(out) == ["embeddings"] and cosine.min() > 0.999  # resampling rounding only
+    metadata = json.load(open(os.path.join(path, "metadata.json")))
+    assert metadata["task"] == "feature_extraction" and metadata["labels"] == []
+    assert metadata["top_k"] is None and metadata["embedding_size"] == 64
+    assert metadata["signatures"]["serve_image_bytes"]["outputs"] == ["embeddings"]
+    for kwargs, message in [(dict(labels=["a"]), "Only classifiers take labels;"),
+                            (dict(top_k=3), "Only classifiers take top_k;"),
+                            (dict(labels=["a"], top_k=3), "Only classifiers take labels or top_k;")]:
+        with pytest.raises(ValueError, match=message):
+            export.saved_model(feature_extractor, str(tmp_path / "refused"), **kwargs)
+
+
+def test_tflite_feature_extractor_and_classifier_embeddings(tiny_model, feature_extractor, tmp_path):
+    images = random_images(6, 32, seed=16)
+    expected = feature_extractor.predict(images.astype("float32"), verbose=0)
+    path = str(tmp_path / "features.tflite")
+    report = export.tflite(feature_extractor, path, evaluation_data=images, verbose=False)
+    assert report["top1_agreement"] is None and report["min_top1_agreement"] is None
+    assert report["embedding_cosine"] > 0.99999 and report["min_embedding_cosine"] == 0.9999
+    assert report["lowest_embedding_cosine"] <= report["embedding_cosine"]
+    np.testing.assert_allclose(export.run_tflite(path, images), expected, atol=1e-4)
+    assert report["max_abs_embedding_diff"] == pytest.approx(
+        np.abs(export.run_tflite(path, images) - expected).max(), abs=1e-6)
+    with pytest.raises(ValueError, match="no output 'logits'; it has \\['embeddings'\\]"):
+        export.run_tflite(path, images, output="logits")
+    with pytest.raises(ValueError, match="Only classifiers take min_top1_agreement"):
+        export.tflite(feature_extractor, path, evaluation_data=images, min_top1_agreement=0.9)
+    # The classifier's file gives both, by name, whatever order the interpreter lists them in.
+    path = str(tmp_path / "classifier.tflite")
+    report = export.tflite(tiny_model, path, evaluation_data=images, verbose=False)
+    outputs = export.tflite_runner(path)(images)
+    kernel, bias = _head(tiny_model)
+    np.testing.assert_allclose(outputs["embeddings"], expected, atol=1e-4)
+    np.testing.assert_allclose(outputs["logits"], expected @ kernel + bias, atol=1e-4)
+    np.testing.assert_array_equal(export.run_tflite(path, images), outputs["logits"])
+    assert report["top1_agreement"] == 1.0 and report["embedding_cosine"] > 0.99999
+
+
+def test_embedding_gate_on_real_images_and_noise(feature_extractor, tmp_path, monkeypatch):
+    path = tmp_path / "features.tflite"
+    path.write_bytes(b"the previous, good export")
+    monkeypatch.setattr(tflite_format, "tflite_runner", _disagreeing_tflite(feature_extractor))
+    with pytest.raises(export.ExportAccuracyError,
+                       match=r"mean embedding cosine similarity -1\.000000 < minimum 0\.98.*existing") as info:
+        export.tflite(feature_extractor, str(path), quantization="dynamic",
+                      evaluation_data=random_images(4, 32, seed=17), verbose=False)
+    assert info.value.report["lowest_embedding_cosine"] == pytest.approx(-1.0)
+    assert path.read_bytes() == b"the previous, good export" and os.listdir(tmp_path) == ["features.tflite"]
+    with pytest.warns(UserWarning, match=r"random-noise images only \(mean embedding cosine -1\.0"):
+        report = export.tflite(feature_extractor, str(path), verbose=False)
+    assert report["evaluated_on"] == "random noise" and os.path.getsize(path) == report["size_bytes"]
+
+
+@pytest.mark.parametrize("family", ["hybrid", "deit", "deit_one_head", "map_representation"])
+def test_embeddings_of_every_family_are_its_head_inputs(family):
+    config = {"hybrid": dict(patch_size=1, backbone={"block_units": [1, 1]}),
+              "deit": dict(patch_size=8, distilled=True),
+              "deit_one_head": dict(patch_size=8, distilled=True, distillation_head=False),
+              "map_representation": dict(patch_size=8, pooling="map", representation_size=24)}[family]
+    model = randomize_weights(keras_vit.ViT(image_size=32, hidden_size=32, num_layers=1, num_heads=2,
+                                            mlp_dim=32, num_classes=3, **config), scale=0.2)
+    images = random_images(2, 32, seed=18).astype("float32")
+    outputs = {k: v.numpy() for k, v in common.outputs_fn(model)(tf.constant(images)).items()}
+    np.testing.assert_allclose(outputs["logits"], model.predict(images, verbose=0), atol=1e-5)
+    # The features each head reads, taken from the named layers' own outputs.
+    names = {"hybrid": ["pooling"], "deit": ["pooling", "distillation_pooling"],
+             "deit_one_head": ["pooling"], "map_representation": ["pre_logits"]}[family]
+    features = keras.Model(model.inputs, [model.get_layer(n).output for n in names]).predict(images, verbose=0)
+    features = features if isinstance(features, list) else [features]
+    np.testing.assert_allclose(outputs["embeddings"], np.mean(features, axis=0), atol=1e-5)
+    heads = [model.get_layer(n) for n in ("head", "head_dist") if n in [layer.name for layer in model.layers]]
+    logits = np.mean([f @ h.get_weights()[0] + h.get_weights()[1] for f, h in zip(features, heads)], axis=0)
+    np.testing.assert_allclose(outputs["logits"], logits, atol=1e-4)  # DeiT: the mean of its two heads
+
+
+def test_mixed_precision_model_exports_a_float32_copy(tiny_model, tmp_path):
+    # TFLite's converter cannot translate the mixed graph (nor ONNX Runtime run it): the export
+    # is the float32 function of the same weights, said so in a warning.
+    mixed = keras_vit.ViT(**TINY, dtype="mixed_bfloat16")
+    mixed.set_weights(tiny_model.get_weights())
+    images = random_images(4, 32, seed=19)
+    with pytest.warns(UserWarning, match="computes in bfloat16 .*float32 copy"):
+        report = export.tflite(mixed, str(tmp_path / "mixed.tflite"), evaluation_data=images, verbose=False)
+    assert report["top1_agreement"] == 1.0
+    np.testing.assert_allclose(export.run_tflite(report["path"], images),
+                               tiny_model.predict(images.astype("float32"), verbose=0), atol=1e-4)
 
 
 def _litert_logits(path, images):
@@ -438,15 +579,19 @@ def test_tflite_sizes_shrink_with_quantization(tiny_model, tmp_path):
 
 
 def _disagreeing_tflite(model):
-    """A stand-in for `export.run_tflite` whose logits are the Keras model's negated: every
-    top-1 class differs (as from a broken quantisation)."""
-    return lambda content, images: -model.predict(np.asarray(images, "float32"), verbose=0)
+    """A stand-in for `tflite_format.tflite_runner` whose logits and embeddings are the Keras
+    model's negated: every top-1 class differs and every cosine is -1 (as from a broken
+    quantisation)."""
+    def runner(content):
+        outputs = common.outputs_model(model)
+        return lambda images: {k: -np.asarray(v) for k, v in outputs(np.asarray(images, "float32")).items()}
+    return runner
 
 
 def test_tflite_accuracy_gate_on_real_images_keeps_the_previous_file(tiny_model, tmp_path, monkeypatch):
     path = tmp_path / "gate.tflite"
     path.write_bytes(b"the previous, good export")
-    monkeypatch.setattr(export, "run_tflite", _disagreeing_tflite(tiny_model))
+    monkeypatch.setattr(tflite_format, "tflite_runner", _disagreeing_tflite(tiny_model))
     with pytest.raises(export.ExportAccuracyError, match="top-1.*existing .*gate.tflite was left") as info:
         export.tflite(tiny_model, str(path), quantization="dynamic",
                       evaluation_data=random_images(8, 32, seed=2), verbose=False)
@@ -461,7 +606,7 @@ def test_tflite_accuracy_gate_on_real_images_keeps_the_previous_file(tiny_model,
 
 def test_tflite_agreement_on_noise_warns_and_keeps_the_file(tiny_model, tmp_path, monkeypatch):
     # Without images the check runs on noise: it is reported and warned about, never enforced.
-    monkeypatch.setattr(export, "run_tflite", _disagreeing_tflite(tiny_model))
+    monkeypatch.setattr(tflite_format, "tflite_runner", _disagreeing_tflite(tiny_model))
     path = str(tmp_path / "noise.tflite")
     with pytest.warns(UserWarning, match=r"random-noise images only \(top-1 agreement 0\.0%"):
         report = export.tflite(tiny_model, path, quantization="dynamic", verbose=False)
@@ -566,7 +711,7 @@ def test_cli_export_errors_are_one_line(tiny_model, tmp_path, capsys):
     with zipfile.ZipFile(tmp_path / "empty.keras", "w") as archive:
         archive.writestr("other.txt", "no config.json")
     out = str(tmp_path / "out")
-    assert_usage_error(capsys, ["export", model, "--format", "onnx"], "invalid choice: 'onnx'")
+    assert_usage_error(capsys, ["export", model, "--format", "pb"], "invalid choice: 'pb'")
     assert_usage_error(capsys, ["export", model, "--format", "tflite", "--quantize", "int4"], "'int4'")
     assert_usage_error(capsys, ["export", model, "--max-pixels", "many"], "invalid int value")
     for argv, pattern in [
@@ -584,8 +729,9 @@ def test_cli_export_errors_are_one_line(tiny_model, tmp_path, capsys):
         (["export", model, "--output", out, "--max-pixels", "-5"], "got -5"),
         (["export", model, "--output", out, "--top-k", "0"], "top_k"),
         (["export", model, "--format", "tflite", "--max-pixels", "10"],
-         "--max-pixels only apply to --format saved_model"),
-        (["export", model, "--quantize", "int8"], "--quantize only apply to --format tflite"),
+         "--max-pixels applies only to --format saved_model, not to --format tflite"),
+        (["export", model, "--quantize", "int8"],
+         "--quantize applies only to --format tflite, not to --format saved_model"),
         (["export", model, "--format", "tflite", "--output", str(tmp_path / "x.tflite"),
           "--min-top1-agreement", "2"], "min_top1_agreement"),
         (["export", model, "--format", "tflite", "--output", str(tmp_path / "x.tflite"),
@@ -628,6 +774,40 @@ def test_deit_tiny_saved_model_and_float16_keep_top1(shared_data, tmp_path):
         report = export.tflite(model, str(tmp_path / "deit_dynamic.tflite"), quantization="dynamic",
                                verbose=False)
     assert os.path.getsize(report["path"]) == report["size_bytes"]
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_deit_tiny_feature_extractor_round_trips_with_embeddings(shared_data, tmp_path):
+    checkpoint = os.path.join(shared_data, "deit_tiny_patch16_224", "model.safetensors")
+    features = keras_vit.load_pretrained(checkpoint, include_top=False)
+    folder = os.path.join(shared_data, "imagenet20")
+    paths = [os.path.join(shared_data, "images", n) for n in ("chelsea.png", "coffee.png")] + [
+        os.path.join(folder, f) for f in sorted(os.listdir(folder))[:6]]
+    pixels = np.stack([load_image(p, 224) for p in paths]).astype("float32")
+    expected = features.predict(pixels, verbose=0)
+    assert expected.shape == (8, 192)
+
+    loaded = tf.saved_model.load(export.saved_model(features, str(tmp_path / "features")))
+    served = loaded.signatures["serving_default"](images=tf.constant(pixels))["embeddings"].numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-3)
+    encoded = tf.constant([open(p, "rb").read() for p in paths[:2]])
+    from_bytes = loaded.signatures["serve_image_bytes"](image_bytes=encoded)["embeddings"].numpy()
+    cosine = np.sum(from_bytes * expected[:2], -1) / (
+        np.linalg.norm(from_bytes, axis=-1) * np.linalg.norm(expected[:2], axis=-1))
+    assert cosine.min() > 0.99  # TF's and Pillow's resize differ by rounding
+
+    report = export.tflite(features, str(tmp_path / "features_fp16.tflite"), quantization="float16",
+                           evaluation_data=pixels, verbose=False)
+    assert report["embedding_cosine"] > 0.9999 and report["evaluated_on"] == "images"
+    np.testing.assert_allclose(export.run_tflite(report["path"], pixels), expected, atol=0.05)
+    # The classifier's file gives the same features beside its logits.
+    classifier = keras_vit.load_pretrained(checkpoint)
+    path = str(tmp_path / "deit.tflite")
+    export.tflite(classifier, path, evaluation_data=pixels, verbose=False)
+    outputs = export.tflite_runner(path)(pixels)
+    np.testing.assert_allclose(outputs["embeddings"], expected, atol=1e-3)
+    np.testing.assert_array_equal(outputs["logits"].argmax(-1)[:2], [285, 967])  # cat, espresso
 
 
 def test_serving_client_requests_run_against_the_signatures(tiny_model, exported, tmp_path, capsys):

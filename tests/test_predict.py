@@ -100,7 +100,7 @@ def test_cli_errors_are_one_line(setup, tmp_path, capsys):
     text.write_text("this is not a picture")
     (tmp_path / "junk.keras").write_text("not a zip")
     (tmp_path / "junk.tflite").write_bytes(b"not a flatbuffer" * 10)
-    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    (tmp_path / "model.pb").write_bytes(b"graph")
     foreign = tmp_path / "foreign"  # a SavedModel, but not one keras_vit wrote
     tf = pytest.importorskip("tensorflow")
     module = tf.Module()
@@ -117,10 +117,21 @@ def test_cli_errors_are_one_line(setup, tmp_path, capsys):
         (["predict", str(tmp_path), photo], "saved_model.pb"),  # a directory without a model
         (["predict", str(tmp_path / "junk.keras"), photo], "junk.keras"),
         (["predict", str(tmp_path / "junk.tflite"), photo], "junk.tflite"),
-        (["predict", str(tmp_path / "model.onnx"), photo], "Unknown model format"),
+        (["predict", str(tmp_path / "model.pb"), photo], "Unknown model format .*model.pb"),
         (["predict", str(foreign), photo], "not a keras_vit SavedModel"),
     ]:
         assert_cli_error(capsys, argv, pattern)
+
+
+def test_feature_extractors_are_refused_in_every_format(setup, tmp_path, capsys):
+    features = randomize_weights(keras_vit.ViT(**{**TINY, "include_top": False}))
+    features.save(str(tmp_path / "features.keras"))
+    export.saved_model(features, str(tmp_path / "served"))
+    export.tflite(features, str(tmp_path / "features.tflite"), evaluation_data=random_images(2, 32),
+                  verbose=False)
+    for model in ("features.keras", "served", "features.tflite"):
+        assert_cli_error(capsys, ["predict", str(tmp_path / model), setup["photos"][0]],
+                         f"{model}.* is a feature extractor .*no classes to predict")
 
 
 def test_library_arguments(setup):

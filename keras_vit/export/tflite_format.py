@@ -1,0 +1,211 @@
+"""TFLite / LiteRT files, converted through a SavedModel, quantised, checked against Keras."""
+
+import os
+import tempfile
+
+import numpy as np
+
+from keras_vit.export import common
+
+QUANTIZATIONS = (None, "float16", "dynamic", "int8")
+# TFLite ops kept in float by quantization="int8": LayerNorm (MEAN, SQUARED_DIFFERENCE, RSQRT),
+# softmax and the residual/position-embedding adds.
+INT8_FLOAT_OPS = ("MEAN", "SQUARED_DIFFERENCE", "RSQRT", "SOFTMAX", "ADD")
+
+
+def _outputs_saved_model(model, directory):
+    """The plain SavedModel the TFLite converter reads: images -> logits and/or embeddings, no
+    asserts, no strings (TFLite has no Assert kernel and strings make the converter pull in TF ops)."""
+    import tensorflow as tf
+
+    height, width, _ = common.model_geometry(model)
+    outputs_fn = common.outputs_fn(model)
+    module = tf.Module()
+    module.model_variables = [v.value for v in model.variables]
+    serve = tf.function(outputs_fn, input_signature=[
+        tf.TensorSpec([None, height, width, 3], tf.float32, name="images")])
+    tf.saved_model.save(module, directory, signatures={"serving_default": serve})
+
+
+def _convert(converter, quantization, calibration):
+    """Runs the TFLite converter with the options of `quantization`; returns the flatbuffer."""
+    import tensorflow as tf
+
+    if quantization is None:
+        return converter.convert()
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantization != "int8":
+        # "dynamic": Optimize.DEFAULT alone stores int8 weights; activations stay float.
+        return converter.convert()
+
+    def representative_dataset():
+        for image in calibration:
+            yield {"images": image[None]}
+
+    converter.representative_dataset = representative_dataset
+    # Naive full int8 flips many of a ViT's predictions (LayerNorm inputs and the residual stream
+    # have outliers that one int8 scale cannot hold). Keeping LayerNorm, softmax and the residual
+    # adds in float measured best on DeiT-Tiny (docs/serving.md); the matmuls, i.e. nearly all
+    # the compute and weights, stay int8. int16 activations ("16x8") fail at run time: LiteRT has
+    # no int16 SQUARED_DIFFERENCE kernel.
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=INT8_FLOAT_OPS)
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=representative_dataset, debug_options=options)
+    return debugger.get_nondebug_quantized_model()
+
+
+def tflite_runner(path_or_content, num_threads=None):
+    """Loads a `.tflite` file (a path, or its bytes) once into the LiteRT interpreter; returns
+    `run(images) -> {output name: float32 array}` for float32 `(n, H, W, 3)` images, with
+    `run.input_shape` and `run.output_shapes` (`{name: shape}`, batch 1).
+
+    keras_vit's files have a `serving_default` signature whose outputs are named (`logits`,
+    `embeddings`); a file without one gives its first output as `logits`."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    key = "model_content" if isinstance(path_or_content, bytes) else "model_path"
+    interpreter = Interpreter(**{key: path_or_content}, num_threads=num_threads)
+    if "serving_default" in interpreter.get_signature_list():
+        runner = interpreter.get_signature_runner("serving_default")
+        ((name, input_detail),) = runner.get_input_details().items()
+        output_shapes = {k: tuple(int(d) for d in v["shape"])
+                         for k, v in runner.get_output_details().items()}
+
+        def run(images):  # the runner resizes the input to the batch
+            return {k: v.astype("float32")
+                    for k, v in runner(**{name: np.asarray(images, "float32")}).items()}
+    else:
+        (input_detail,) = interpreter.get_input_details()
+        output_detail = interpreter.get_output_details()[0]
+        output_shapes = {"logits": tuple(int(d) for d in output_detail["shape"])}
+
+        def run(images):
+            images = np.asarray(images, dtype="float32")
+            interpreter.resize_tensor_input(input_detail["index"], images.shape)
+            interpreter.allocate_tensors()
+            interpreter.set_tensor(input_detail["index"], images)
+            interpreter.invoke()
+            return {"logits": interpreter.get_tensor(output_detail["index"]).astype("float32")}
+    run.input_shape = tuple(int(d) for d in input_detail["shape"])
+    run.output_shapes = output_shapes
+    return run
+
+
+def run_tflite(path_or_content, images, num_threads=None, output=None):
+    """Runs a `.tflite` file with the LiteRT interpreter: float32 `(n, H, W, 3)` -> the output
+    named `output` (default `logits`, or `embeddings` for a feature extractor)."""
+    return common.pick_output(tflite_runner(path_or_content, num_threads)(images), output,
+                              "TFLite file")
+
+
+def tflite(model, path, quantization=None, calibration_data=None, evaluation_data=None,
+           min_top1_agreement=None, min_embedding_cosine=None, num_calibration_images=100,
+           num_evaluation_images=32, crop_pct=None, verbose=True):
+    """Converts `model` to a `.tflite` file, checks it against Keras, returns a report dict.
+
+    The file takes float32 raw pixels `(batch, H, W, 3)` in [0, 255] and returns, in its
+    `serving_default` signature, `logits` and `embeddings` (a classifier's pre-head features),
+    or `embeddings` alone for a feature extractor (`include_top=False`).
+
+    Args:
+        quantization: None (float32), `"float16"` (float16 weights), `"dynamic"` (int8 weights,
+            float activations) or `"int8"` (int8 weights and activations calibrated on
+            `calibration_data`, with LayerNorm, softmax and residual adds kept in float).
+        calibration_data: a folder of images, a NumPy array or a tf.data.Dataset of raw [0, 255]
+            images; required for `"int8"`.
+        evaluation_data: images to compare the TFLite and Keras outputs on (same forms); default
+            the calibration data.
+        min_top1_agreement: lowest allowed fraction of evaluation images with the same top-1
+            class as Keras (classifiers); default `MIN_TOP1_AGREEMENT[quantization]`.
+        min_embedding_cosine: lowest allowed mean (over the images) cosine similarity between
+            an image's TFLite and Keras embeddings; default `MIN_EMBEDDING_COSINE[quantization]`.
+            Below either, `ExportAccuracyError` is raised and nothing is written (a file
+            already at `path` stays as it was). Without evaluation or calibration images the
+            comparison runs on random noise, where agreement says little about photos: it is
+            reported and warned about, never enforced.
+
+    Returns: `{"path", "format", "quantization", "size_bytes", "max_abs_logit_diff",
+    "top1_agreement", "min_top1_agreement", "max_abs_embedding_diff", "embedding_cosine" (the
+    mean over the images), "lowest_embedding_cosine", "min_embedding_cosine", "num_images",
+    "evaluated_on"}` (`"images"` or `"random noise"`); the logit entries are None for a feature
+    extractor.
+
+    Example:
+        >>> keras_vit.export.tflite(model, "vit_fp16.tflite", quantization="float16",
+        ...                         evaluation_data="photos/")["top1_agreement"]
+    """
+    common.require_tensorflow_backend()
+    import tensorflow as tf
+
+    if quantization == "none":
+        quantization = None
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"Unknown quantization {quantization!r}: expected one of {list(QUANTIZATIONS)}.")
+    if quantization == "int8" and calibration_data is None:
+        raise ValueError("quantization='int8' needs calibration_data: a folder of images, a NumPy "
+                         "array or a tf.data.Dataset of representative images.")
+    min_top1, min_cosine = common.thresholds(model, quantization, min_top1_agreement,
+                                             min_embedding_cosine)
+    num_calibration_images = common.positive_int(num_calibration_images, "num_calibration_images")
+    num_evaluation_images = common.positive_int(num_evaluation_images, "num_evaluation_images")
+    path = common.output_path(path, ".tflite")
+    height, width, _ = common.model_geometry(model)
+    crop_pct = common.crop_pct_of(model, crop_pct)
+    model = common.float32_model(model)  # after reading what the original says (crop_pct)
+    calibration = None
+    if calibration_data is not None:
+        calibration = common.calibration_images(calibration_data, (height, width),
+                                                num_calibration_images, crop_pct)
+    evaluation, on_noise = common.evaluation_images(model, evaluation_data, calibration,
+                                                    num_evaluation_images, crop_pct)
+
+    with tempfile.TemporaryDirectory(prefix="keras_vit_tflite_") as tmp:
+        _outputs_saved_model(model, tmp)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
+        content = _convert(converter, quantization, calibration)
+    # Checked from memory before anything is written: a rejected export leaves `path` alone.
+    report = {
+        "path": path, "format": "tflite", "quantization": quantization or "none",
+        "size_bytes": len(content),
+        **common.compare(common.reference_outputs(model, evaluation),
+                         tflite_runner(content)(evaluation)),
+        "min_top1_agreement": min_top1, "min_embedding_cosine": min_cosine,
+        "num_images": int(len(evaluation)),
+        "evaluated_on": "random noise" if on_noise else "images",
+    }
+    if verbose:
+        print(common.format_report([report]))
+    common.gate(report, f"TFLite export ({report['quantization']})")
+    common.write_atomically(path, content)
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# keras-vit export --format tflite
+
+
+def add_arguments(group):
+    group.add_argument("--quantize", choices=["none", "float16", "dynamic", "int8"],
+                       help="TFLite quantization (default none; int8 needs --calibration-data)")
+    group.add_argument("--calibration-data", help="folder of images for int8 calibration, and for "
+                       "checking the file against the Keras model when --evaluation-data is not given")
+
+
+def run(model, args):
+    quantization = None if args.quantize in (None, "none") else args.quantize
+    suffix = "" if quantization is None else f"_{quantization}"
+    output = args.output or os.path.join("saved_models", f"{model.name}{suffix}.tflite")
+    tflite(model, output, quantization=quantization, calibration_data=args.calibration_data,
+           evaluation_data=args.evaluation_data, min_top1_agreement=args.min_top1_agreement,
+           min_embedding_cosine=args.min_embedding_cosine, crop_pct=args.crop_pct)
+    print(f"TFLite model written to {output}")
+    return output
+
+
+EXPORTER = common.Exporter(
+    name="tflite", help="TFLite / LiteRT, optionally quantised", add_arguments=add_arguments,
+    options=("quantize", "calibration_data", "evaluation_data", "min_top1_agreement",
+             "min_embedding_cosine"),
+    run=run)
