@@ -4,7 +4,7 @@ setup(
     name="keras-vision-transformer",  # the PyPI name `keras-vit` belongs to an unrelated project
     version="0.1.0",
     description="The Vision Transformer (ViT) for Keras 3 and TensorFlow: published checkpoints, "
-    "training, SavedModel/TFLite export and explainability.",
+    "training, SavedModel/TFLite/ONNX export and explainability.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["keras_vit", "keras_vit.*"]),
@@ -26,7 +26,10 @@ setup(
         # Test-only references. torch is pinned to the CPU build these machines provide: an
         # unpinned torch pulls gigabytes of CUDA packages.
         "test": ["pytest", "torch==2.13.0", "transformers", "jax[cpu]", "tensorflow-serving-api", "scipy",
-                 "huggingface_hub"],
+                 "huggingface_hub", "onnx", "onnxruntime", "tf2onnx"],
+        # keras_vit.export.onnx and `keras-vit export --format onnx` (tested on onnx 1.23,
+        # onnxruntime 1.32, tf2onnx 1.17).
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.17", "tf2onnx>=1.17"],
         # hf://ORG/NAME[@REVISION] weights (keras_vit.hub); tested on huggingface_hub 0.23 and 2.4.
         "hub": ["huggingface_hub>=0.23"],
         "benchmark": ["keras-hub", "torch==2.13.0", "transformers"],  # timm (GPU runs) needs torchvision: install it by hand there

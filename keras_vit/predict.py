@@ -90,6 +90,7 @@ class _Predictor:
         self.image_size = tuple(model.input_shape[1:3])
         num_classes = model.output_shape[-1]
         self.crop_pct = getattr(model, "crop_pct", DEFAULT_CROP_PCT)
+        self.interpolation = getattr(model, "interpolation", "bicubic")
         self.labels = _default_labels(num_classes, getattr(model, "class_names", None))
         self._logits = lambda x: np.asarray(model.predict(x, verbose=0), dtype="float32")
 

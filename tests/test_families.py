@@ -51,3 +51,27 @@ def test_attention_covers_the_grid_and_every_prefix_token(family):
     assert maps.shape == (1, 2, tokens, tokens)
     np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)  # each row is a distribution
     assert explain.attention_rollout(model, random_images(1, 32)[0]).shape == (4, 4)
+
+
+def test_a_distiller_exports_its_student_with_the_checkpoints_preprocessing(tmp_path):
+    from keras_vit import training
+
+    student = _model("deit")
+    teacher = randomize_weights(keras_vit.ViT(image_size=32, patch_size=8, hidden_size=16,
+                                              num_layers=1, num_heads=2, mlp_dim=16,
+                                              num_classes=3), seed=1)
+    distiller = training.Distiller(student, teacher)
+    images = random_images(2, 32)
+    version_dir = export.saved_model(distiller, str(tmp_path / "served"))
+    served = tf.saved_model.load(version_dir).signatures["serving_default"](
+        images=tf.constant(images.astype("float32")))
+    np.testing.assert_allclose(served["logits"].numpy(),
+                               keras.ops.convert_to_numpy(student(images)), atol=1e-4)
+    bilinear = keras_vit.ViT(image_size=32, patch_size=8, hidden_size=16, num_layers=1,
+                             num_heads=2, mlp_dim=16, num_classes=3, crop_pct=1.0,
+                             interpolation="bilinear")
+    metadata = export.saved_model(bilinear, str(tmp_path / "bilinear"))
+    import json
+
+    preprocessing = json.load(open(os.path.join(metadata, "metadata.json")))["preprocessing"]
+    assert (preprocessing["crop_pct"], preprocessing["interpolation"]) == (1.0, "bilinear")

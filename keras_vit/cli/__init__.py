@@ -17,8 +17,8 @@ import sys
 COMMANDS = {
     "train": ("keras_vit.cli.train", "train a ViT (default: a small ViT on a built-in real dataset)"),
     "evaluate": ("keras_vit.cli.train", "evaluate a saved model on a dataset"),
-    "export": ("keras_vit.export", "export to SavedModel (TF Serving) or TFLite/LiteRT"),
-    "predict": ("keras_vit.predict", "top-k labels for images, from .keras, SavedModel or .tflite"),
+    "export": ("keras_vit.export", "export to SavedModel (TF Serving), TFLite/LiteRT or ONNX"),
+    "predict": ("keras_vit.predict", "top-k labels for images, from .keras, SavedModel, .tflite or .onnx"),
     "explain": ("keras_vit.explain", "attention rollout, per-head maps, distances, filters as PNGs"),
     "benchmark": ("keras_vit.benchmark", "speed and memory side by side with peer libraries"),
     "info": ("keras_vit.cli", "list the variants and registered weights, or describe a model"),

@@ -243,6 +243,20 @@ def crop_pct_of(model, crop_pct):
     return float(crop_pct)
 
 
+def interpolation_of(model, interpolation=None):
+    """`interpolation`, else the model's (set from its checkpoint), else bicubic."""
+    interpolation = interpolation or getattr(model, "interpolation", None) or "bicubic"
+    if interpolation not in ("bicubic", "bilinear", "nearest"):
+        raise ValueError(f"Unknown interpolation {interpolation!r}: expected bicubic, bilinear or "
+                         f"nearest.")
+    return interpolation
+
+
+def exportable(model):
+    """The model an export writes: a `training.Distiller`'s student, else the model itself."""
+    return getattr(model, "student", model) if type(model).__name__ == "Distiller" else model
+
+
 def per_channel(value):
     return [float(v) for v in np.broadcast_to(np.ravel(value), (3,))]
 
@@ -255,7 +269,8 @@ def output_path(path, suffix):
     return path
 
 
-def calibration_images(data, image_size, limit=None, crop_pct=DEFAULT_CROP_PCT):
+def calibration_images(data, image_size, limit=None, crop_pct=DEFAULT_CROP_PCT,
+                       interpolation="bicubic"):
     """Images for calibration or evaluation as one float32 `(n, H, W, 3)` array in [0, 255].
 
     `data`: a folder of image files (read with `images.load_image`), a NumPy array
@@ -279,7 +294,8 @@ def calibration_images(data, image_size, limit=None, crop_pct=DEFAULT_CROP_PCT):
             warnings.warn(f"{data}: skipped {len(others)} entries that are not image files "
                           f"({', '.join(IMAGE_EXTENSIONS)}), e.g. {others[:3]}.", stacklevel=2)
         files = files[:limit]
-        array = images_lib.load_images([os.path.join(data, f) for f in files], (height, width), crop_pct)
+        array = images_lib.load_images([os.path.join(data, f) for f in files], (height, width),
+                                       crop_pct, interpolation)
     elif isinstance(data, np.ndarray):
         array = data[:limit]
     elif hasattr(data, "as_numpy_iterator"):  # a tf.data.Dataset
@@ -317,7 +333,8 @@ def evaluation_images(model, evaluation_data, fallback, limit, crop_pct):
     `limit` of `fallback` (the calibration images), else `limit` images of uniform noise."""
     height, width, _ = model_geometry(model)
     if evaluation_data is not None:
-        return calibration_images(evaluation_data, (height, width), limit, crop_pct), False
+        return calibration_images(evaluation_data, (height, width), limit, crop_pct,
+                                  interpolation_of(model)), False
     if fallback is not None:
         return fallback[:limit], False
     noise = np.random.default_rng(0).uniform(0, 255, (limit, height, width, 3)).astype("float32")

@@ -134,6 +134,7 @@ def onnx(model, path, evaluation_data=None, min_top1_agreement=None, min_embeddi
         >>> keras_vit.export.onnx(model, "vit.onnx", evaluation_data="photos/")
         >>> keras_vit.export.run_onnx("vit.onnx", images)          # logits, with ONNX Runtime
     """
+    model = common.exportable(model)  # a Distiller exports its student
     common.require_tensorflow_backend()
     common.require_onnx("onnx", "onnxruntime", "tf2onnx")
     min_top1, min_cosine = common.thresholds(model, None, min_top1_agreement, min_embedding_cosine)
@@ -149,7 +150,8 @@ def onnx(model, path, evaluation_data=None, min_top1_agreement=None, min_embeddi
                                                     num_evaluation_images, crop_pct)
 
     proto = convert(model, int(opset))
-    metadata = common.model_metadata(model, names, labels_source, crop_pct, "bicubic", source)
+    metadata = common.model_metadata(model, names, labels_source, crop_pct,
+                                     common.interpolation_of(model), source)
     entry = proto.metadata_props.add()
     entry.key, entry.value = "keras_vit", json.dumps(metadata)
     proto.doc_string = (f"{model.name} exported by keras_vit: images float32 (batch, H, W, 3) raw "

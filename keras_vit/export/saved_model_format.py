@@ -88,7 +88,7 @@ def next_version(base_dir):
 
 
 def saved_model(model, base_dir, labels=None, version=None, top_k=None, crop_pct=None,
-                interpolation="bicubic", source=None, max_pixels=DEFAULT_MAX_PIXELS):
+                interpolation=None, source=None, max_pixels=DEFAULT_MAX_PIXELS):
     """Writes `model` as a SavedModel for TF Serving to `<base_dir>/<version>/`; returns that path.
 
     Args:
@@ -102,7 +102,7 @@ def saved_model(model, base_dir, labels=None, version=None, top_k=None, crop_pct
         version: integer version; default the next free one. An existing version is an error.
         top_k: how many classes `top_k_indices` / `top_k_labels` hold (default 5). Classifiers only.
         crop_pct, interpolation: preprocessing of `serve_image_bytes`, as `images.load_image`
-            (default `model.crop_pct` if the model has one, else 0.875; bicubic).
+            (default: the model's `crop_pct` and `interpolation`, set from its checkpoint).
         source: the checkpoint the model came from, recorded in `metadata.json`.
         max_pixels: the most pixels (height * width, as the file's header declares them) an
             image sent to `serve_image_bytes` may have; larger ones are refused before decoding.
@@ -115,6 +115,7 @@ def saved_model(model, base_dir, labels=None, version=None, top_k=None, crop_pct
         >>> path = keras_vit.export.saved_model(model, "saved_models/vit", labels=class_names)
         >>> tf.saved_model.load(path).signatures["serving_default"](images=batch)["top_k_labels"]
     """
+    model = common.exportable(model)  # a Distiller exports its student
     common.require_tensorflow_backend()
     import tensorflow as tf
 
@@ -133,8 +134,7 @@ def saved_model(model, base_dir, labels=None, version=None, top_k=None, crop_pct
                           f"outputs hold all {num_classes}.", stacklevel=2)
             top_k = num_classes
     crop_pct = common.crop_pct_of(model, crop_pct)
-    if interpolation not in ("bicubic", "bilinear", "nearest"):
-        raise ValueError(f"Unknown interpolation {interpolation!r}: expected bicubic, bilinear or nearest.")
+    interpolation = common.interpolation_of(model, interpolation)
     max_pixels = common.positive_int(max_pixels, "max_pixels")
     if os.path.exists(base_dir) and not os.path.isdir(base_dir):
         raise NotADirectoryError(f"{os.fspath(base_dir)!r} is a file; a SavedModel goes in a base "

@@ -136,6 +136,7 @@ def tflite(model, path, quantization=None, calibration_data=None, evaluation_dat
         >>> keras_vit.export.tflite(model, "vit_fp16.tflite", quantization="float16",
         ...                         evaluation_data="photos/")["top1_agreement"]
     """
+    model = common.exportable(model)  # a Distiller exports its student
     common.require_tensorflow_backend()
     import tensorflow as tf
 
@@ -157,7 +158,8 @@ def tflite(model, path, quantization=None, calibration_data=None, evaluation_dat
     calibration = None
     if calibration_data is not None:
         calibration = common.calibration_images(calibration_data, (height, width),
-                                                num_calibration_images, crop_pct)
+                                                num_calibration_images, crop_pct,
+                                                common.interpolation_of(model))
     evaluation, on_noise = common.evaluation_images(model, evaluation_data, calibration,
                                                     num_evaluation_images, crop_pct)
 
