@@ -31,13 +31,15 @@ def run_under(backend, *args, timeout=600):
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
-@pytest.mark.parametrize("family", ["vit", "hybrid"])
+@pytest.mark.parametrize("family", ["vit", "hybrid", "deit"])
 def test_same_logits_on_every_backend(backend, family, tmp_path):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
     config = dict(TINY, image_size=(32, 48), pooling="token", num_registers=1)
     if family == "hybrid":  # the ResNet's SAME padding and weight standardisation too
         config.update(patch_size=1, backbone={"block_units": [1, 1]})
+    if family == "deit":  # the distillation token and the mean of two heads
+        config.update(distilled=True, num_registers=0)
     model = randomize_weights(keras_vit.ViT(**config))
     images = random_images(3, (32, 48))
     model.save_weights(tmp_path / "w.weights.h5")
