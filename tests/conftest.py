@@ -44,6 +44,19 @@ def random_images(batch=2, size=32, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (batch, height, width, 3)).astype("uint8")
 
 
+def disagreeing_runner(model):
+    """A stand-in for an exported file's runner (`tflite_runner`, `onnx_runner`) whose logits and
+    embeddings are the Keras model's negated: every top-1 class differs and every cosine is -1,
+    as from a broken quantisation or conversion."""
+    from keras_vit.export import common
+
+    def runner(content, num_threads=None):
+        outputs = common.outputs_model(model)
+        return lambda images: {k: -np.asarray(v)
+                               for k, v in outputs(np.asarray(images, "float32")).items()}
+    return runner
+
+
 def randomize_weights(model, seed=0, scale=0.05):
     """Gives every variable random values (the zero-initialised head and class token too), so that
     comparisons cannot pass on zeros."""

@@ -22,7 +22,7 @@ from keras_vit import export
 from keras_vit.export import common, image_bytes, tflite_format
 from keras_vit.images import load_image, read_image
 
-from conftest import TINY, random_images, randomize_weights
+from conftest import TINY, disagreeing_runner, random_images, randomize_weights
 
 LABELS = [f"class_{i}" for i in range(TINY["num_classes"])]
 
@@ -487,7 +487,7 @@ def test_tflite_feature_extractor_and_classifier_embeddings(tiny_model, feature_
 def test_embedding_gate_on_real_images_and_noise(feature_extractor, tmp_path, monkeypatch):
     path = tmp_path / "features.tflite"
     path.write_bytes(b"the previous, good export")
-    monkeypatch.setattr(tflite_format, "tflite_runner", _disagreeing_tflite(feature_extractor))
+    monkeypatch.setattr(tflite_format, "tflite_runner", disagreeing_runner(feature_extractor))
     with pytest.raises(export.ExportAccuracyError,
                        match=r"mean embedding cosine similarity -1\.000000 < minimum 0\.98.*existing") as info:
         export.tflite(feature_extractor, str(path), quantization="dynamic",
@@ -578,20 +578,10 @@ def test_tflite_sizes_shrink_with_quantization(tiny_model, tmp_path):
     assert sizes[None] > 4 * n_params and sizes["float16"] < 3 * n_params
 
 
-def _disagreeing_tflite(model):
-    """A stand-in for `tflite_format.tflite_runner` whose logits and embeddings are the Keras
-    model's negated: every top-1 class differs and every cosine is -1 (as from a broken
-    quantisation)."""
-    def runner(content):
-        outputs = common.outputs_model(model)
-        return lambda images: {k: -np.asarray(v) for k, v in outputs(np.asarray(images, "float32")).items()}
-    return runner
-
-
 def test_tflite_accuracy_gate_on_real_images_keeps_the_previous_file(tiny_model, tmp_path, monkeypatch):
     path = tmp_path / "gate.tflite"
     path.write_bytes(b"the previous, good export")
-    monkeypatch.setattr(tflite_format, "tflite_runner", _disagreeing_tflite(tiny_model))
+    monkeypatch.setattr(tflite_format, "tflite_runner", disagreeing_runner(tiny_model))
     with pytest.raises(export.ExportAccuracyError, match="top-1.*existing .*gate.tflite was left") as info:
         export.tflite(tiny_model, str(path), quantization="dynamic",
                       evaluation_data=random_images(8, 32, seed=2), verbose=False)
@@ -606,7 +596,7 @@ def test_tflite_accuracy_gate_on_real_images_keeps_the_previous_file(tiny_model,
 
 def test_tflite_agreement_on_noise_warns_and_keeps_the_file(tiny_model, tmp_path, monkeypatch):
     # Without images the check runs on noise: it is reported and warned about, never enforced.
-    monkeypatch.setattr(tflite_format, "tflite_runner", _disagreeing_tflite(tiny_model))
+    monkeypatch.setattr(tflite_format, "tflite_runner", disagreeing_runner(tiny_model))
     path = str(tmp_path / "noise.tflite")
     with pytest.warns(UserWarning, match=r"random-noise images only \(top-1 agreement 0\.0%"):
         report = export.tflite(tiny_model, path, quantization="dynamic", verbose=False)

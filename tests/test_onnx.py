@@ -15,7 +15,7 @@ from keras_vit import cli, export, predict
 from keras_vit.export import common, onnx_format
 from keras_vit.images import load_image
 
-from conftest import TINY, random_images, randomize_weights
+from conftest import TINY, disagreeing_runner, random_images, randomize_weights
 from test_export import assert_cli_error
 
 ort = pytest.importorskip("onnxruntime")
@@ -120,17 +120,10 @@ def test_mixed_precision_model_exports_a_float32_copy(tiny_model, tmp_path):
                                tiny_model.predict(images.astype("float32"), verbose=0), atol=1e-4)
 
 
-def _disagreeing_runner(model):
-    def runner(content, num_threads=None):
-        outputs = common.outputs_model(model)
-        return lambda images: {k: -np.asarray(v) for k, v in outputs(np.asarray(images, "float32")).items()}
-    return runner
-
-
 def test_gate_keeps_the_previous_file_and_only_warns_on_noise(tiny_model, tmp_path, monkeypatch):
     path = tmp_path / "vit.onnx"
     path.write_bytes(b"the previous, good export")
-    monkeypatch.setattr(onnx_format, "onnx_runner", _disagreeing_runner(tiny_model))
+    monkeypatch.setattr(onnx_format, "onnx_runner", disagreeing_runner(tiny_model))
     with pytest.raises(export.ExportAccuracyError,
                        match=r"ONNX export .*top-1 agreement 0\.0% < minimum 99\.0%.*mean embedding "
                              r"cosine similarity -1\.000000 < minimum 0\.9999.*existing .*vit.onnx was left"):
