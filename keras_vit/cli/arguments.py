@@ -15,37 +15,21 @@ def _number(text, kind):
     return value
 
 
-def positive_int(text):
-    value = _number(text, int)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
+def _ranged(kind, accepts, expected, doc):
+    """An argparse type: `kind(text)` that `accepts`, else "expected `expected`, got text"."""
+    def parse(text):
+        value = _number(text, kind)
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    parse.__doc__ = doc
+    return parse
 
 
-def non_negative_int(text):
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
-def positive_float(text):
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
-
-
-def non_negative_float(text):
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
-
-
-def fraction(text):
-    """A rate in [0, 1): dropout, stochastic depth, label smoothing."""
-    value = _number(text, float)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
-    return value
+positive_int = _ranged(int, lambda v: v > 0, "a positive integer", "An integer > 0.")
+non_negative_int = _ranged(int, lambda v: v >= 0, "an integer >= 0", "An integer >= 0.")
+positive_float = _ranged(float, lambda v: v > 0, "a number > 0", "A finite number > 0.")
+non_negative_float = _ranged(float, lambda v: v >= 0, "a number >= 0", "A finite number >= 0.")
+fraction = _ranged(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)",
+                   "A rate in [0, 1): dropout, stochastic depth, label smoothing.")
