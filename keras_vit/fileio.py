@@ -37,6 +37,12 @@ def atomic_path(path, suffix=""):
         raise
 
 
+def write_text(path, text):
+    """Writes `text` (UTF-8) to `path` atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 def write_json(path, data):
     """Writes `data` as indented JSON to `path` atomically."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:

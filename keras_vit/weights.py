@@ -35,6 +35,7 @@ from keras_vit import layers as L
 from keras_vit import models as M
 from keras_vit import resnet
 from keras_vit.config import INTERPOLATIONS
+from keras_vit.fileio import write_text
 
 logger = logging.getLogger("keras_vit")
 
@@ -269,7 +270,7 @@ def download(entry):
             _verify_hash(partial, expected, entry.url, None if entry.sha256 else pin, False)
         else:
             digest = _sha256(partial)
-            _write_atomically(pin, digest + "\n")
+            write_text(pin, digest + "\n")
             logger.warning("%s has no SHA-256 in keras_vit's registry: pinned the downloaded file's "
                            "SHA-256 %s in %s; later loads are verified against it.", entry.url,
                            digest, pin)
@@ -328,13 +329,6 @@ def _verify_hash(path, expected, url, pin, cached):
     raise ValueError(f"The file downloaded from {url} has SHA-256 {digest}, but {source}: it "
                      f"changed upstream or in transit, and was not cached."
                      + (f" Delete {pin} to trust the new file." if pin else ""))
-
-
-def _write_atomically(path, text):
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(text)
-    os.replace(temporary, path)
 
 
 def _sha256(path):
