@@ -24,7 +24,6 @@ and the map functions have no Python side effects (safe under `tf.distribute`).
 """
 
 import concurrent.futures
-import difflib
 import gzip
 import logging
 import os
@@ -37,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from keras_vit.config import check_keywords
 from keras_vit.images import DEFAULT_CROP_PCT, IMAGE_EXTENSIONS, read_image
 
 logger = logging.getLogger(__name__)
@@ -537,11 +537,7 @@ OPTIONS = ("crop_area_range", "aspect_ratio_range", "flip", "interpolation", "de
 def _check_arguments(batch_size, crop_pct, mixup_alpha, cutmix_alpha, label_smoothing, augment,
                      options):
     """Every pipeline argument, checked before anything is read or scanned."""
-    for key in options:
-        if key not in OPTIONS:
-            near = difflib.get_close_matches(key, OPTIONS, n=1)
-            raise TypeError(f"Unknown keyword argument {key!r}"
-                            f"{f' (did you mean {near[0]!r}?)' if near else ''}; options: {OPTIONS}.")
+    check_keywords(options, OPTIONS, "keras_vit.data.from_*")
     options = {**_pipeline.__kwdefaults__, **options}
     if (not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool)
             or batch_size <= 0):
