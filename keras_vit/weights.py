@@ -21,7 +21,6 @@ This module needs NumPy and `safetensors` only (no TensorFlow).
 import dataclasses
 import difflib
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -1532,9 +1531,7 @@ def _read_any(path, num_heads, image_size):
 
 
 # The arguments of `VisionTransformer`: what a model config may hold, and their defaults.
-_MODEL_DEFAULTS = {**M.DEFAULTS, **{name: parameter.default for name, parameter in
-                                     inspect.signature(M.VisionTransformer.__init__).parameters.items()
-                                     if parameter.default is not inspect.Parameter.empty}}
+_MODEL_DEFAULTS = {**M.DEFAULTS, "name": None, "dtype": None, "trainable": True}
 _MODEL_ARGS = set(_MODEL_DEFAULTS)
 
 
