@@ -18,9 +18,17 @@ cores, ViT-S/16 batch 8: about 1.5x; see benchmarks/RESULTS.md):
   slower than oneDNN's), with XLA on GPU; on JAX a `jax.jit`; on PyTorch eager under `inference_mode`.
 
 The predictor snapshots the weights: rebuild it after changing the model's weights.
-Models with `pooling="map"` use the model itself, re-instantiated under the bfloat16 policy.
+
+The fused forward pass implements the options that `FUSED_FIELDS` lists, read from the model's
+`ModelConfig`; a model with any other value (MAP pooling, a hybrid backbone, a distillation token,
+...) runs its own layers, re-instantiated under the `precision` dtype policy. A config field the
+table does not classify is an error, so a new model option can never silently give another answer.
+The fused pass exists beside the model's own layers because it is measurably faster on CPU, most
+in bfloat16 (benchmarks/RESULTS.md); every option it implements is tested against the model's
+output (tests/test_inference.py).
 """
 
+import dataclasses
 import logging
 import math
 import platform
@@ -30,10 +38,36 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_vit.config import ModelConfig
+
 PRECISIONS = ("float32", "bfloat16")
 BACKEND_HINTS = (None, "graph", "xla", "eager")
 # CPU flags (Linux /proc/cpuinfo) that mean native bfloat16 matmuls: x86 AVX512-BF16 and AMX, Arm BF16.
 BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+# Every ModelConfig field, and the values of it the fused forward pass (`_fold_weights` +
+# `_make_forward`) implements: ANY, or a tuple of values. Another value runs the model's own layers.
+ANY = "any value"
+FUSED_FIELDS = {
+    # Shapes: read from the config and the weights.
+    "image_size": ANY, "patch_size": ANY, "hidden_size": ANY, "num_layers": ANY,
+    "num_heads": ANY, "mlp_dim": ANY, "num_classes": ANY, "include_top": ANY,
+    "pooling": ("token", "gap"),
+    "representation_size": ANY,
+    # Training-only: inference runs without dropout or stochastic depth.
+    "dropout_rate": ANY, "attention_dropout_rate": ANY, "drop_path_rate": ANY,
+    # Folded into the patch projection / the matmul before or after.
+    "include_preprocessing": ANY, "normalization_mean": ANY, "normalization_std": ANY,
+    "layer_scale_init_value": ANY,
+    "classifier_activation": ANY,
+    "class_token": ANY, "num_registers": ANY, "layer_norm_epsilon": ANY,
+    "backbone": (None,),
+    "distilled": (False,),
+    # Only changes the graph of a distilled model, which `distilled` already sends to the model.
+    "distillation_head": ANY,
+    # Metadata and preprocessing outside the model: not part of the forward pass.
+    "class_names": ANY, "crop_pct": ANY, "interpolation": ANY,
+}
 
 logger = logging.getLogger(__name__)
 _warned_emulated_bfloat16 = False
@@ -86,8 +120,10 @@ def fast_predictor(model, precision="auto", backend_hint=None):
     """Returns `predict(images) -> logits` (float32 NumPy) computing `model`'s forward pass fast.
 
     Args:
-        model: a `keras_vit.VisionTransformer` (any size, token/gap pooling, registers, LayerScale;
-            MAP pooling falls back to the model under a bfloat16 dtype policy).
+        model: a `keras_vit.VisionTransformer`. The fused forward pass covers the options in
+            `FUSED_FIELDS` (any size, token/gap pooling, registers, LayerScale, ...); other models
+            (MAP pooling, no pooling, hybrids, DeiT's distillation token) run their own layers
+            under the `precision` dtype policy, with a log line naming the option.
         precision: `"bfloat16"` (bfloat16 weights and matmuls; LayerNorm statistics and softmax
             accumulation in float32), `"float32"`, or `"auto"` (default): bfloat16 where it is
             native (`native_bfloat16()`: GPUs, CPUs with AVX512-BF16/AMX/Arm BF16), float32 on
@@ -110,16 +146,35 @@ def fast_predictor(model, precision="auto", backend_hint=None):
     precision = _choose_precision(precision)
     if backend_hint not in BACKEND_HINTS:
         raise ValueError(f"Unknown backend_hint {backend_hint!r}: expected one of {list(BACKEND_HINTS)}.")
-    if not hasattr(model, "encoder_blocks"):
+    config = getattr(model, "config", None)
+    if not isinstance(config, ModelConfig):
         raise ValueError(f"fast_predictor needs a keras_vit VisionTransformer, got {type(model).__name__}.")
-    # The fused path implements the plain ViT; anything else runs the model's own layers.
-    if (model.pooling == "map" or model.pooling is None or getattr(model, "backbone", None)
-            or getattr(model, "distilled", False)):
+    unsupported = unfused_options(config)
+    if unsupported:
+        logger.info("fast_predictor: %s not in the fused forward pass; running the model's own "
+                    "layers under a %s dtype policy", ", ".join(
+                        f"{key}={value!r}" for key, value in unsupported.items()), precision)
         forward, params = _policy_forward(model, precision)
     else:
-        params = _fold_weights(model, precision)
-        forward = _make_forward(model, precision)
-    return _compile(forward, params, _choose_hint(backend_hint), model.image_size)
+        params = _fold_weights(model, config, precision)
+        forward = _make_forward(config, precision)
+    return _compile(forward, params, _choose_hint(backend_hint), config.image_size)
+
+
+def unfused_options(config):
+    """`{field: value}` of the `ModelConfig` fields whose value the fused forward pass does not
+    implement ({} when it implements them all). NotImplementedError for a field that
+    `FUSED_FIELDS` does not classify: whether the fused pass would be right is unknown."""
+    unsupported = {}
+    for field in dataclasses.fields(config):
+        if field.name not in FUSED_FIELDS:
+            raise NotImplementedError(
+                f"fast_predictor does not know whether its fused forward pass implements the model "
+                f"option {field.name!r}: classify it in keras_vit.inference.FUSED_FIELDS.")
+        supported, value = FUSED_FIELDS[field.name], getattr(config, field.name)
+        if supported is not ANY and value not in supported:
+            unsupported[field.name] = value
+    return unsupported
 
 
 def _choose_precision(precision):
@@ -156,13 +211,13 @@ def _numpy(variable):
     return np.asarray(ops.convert_to_numpy(variable), dtype="float64")
 
 
-def _fold_weights(model, precision):
+def _fold_weights(model, config, precision):
     """Float64 folding of normalisation, LayerNorm affine and attention scale, then one cast."""
     params = {}
     patch = model.get_layer("patch_embedding").projection
     kernel = _numpy(patch.kernel)  # (ph, pw, 3, D)
     bias = _numpy(patch.bias)
-    if model.include_preprocessing:
+    if config.include_preprocessing:
         # (x * scale + offset) @ K == x @ (scale * K) + offset @ K, per input channel.
         norm = model.get_layer("preprocessing")
         scale = 1.0 / (255.0 * np.asarray(norm.std))
@@ -172,22 +227,22 @@ def _fold_weights(model, precision):
     params["patch_kernel"] = kernel.reshape(-1, kernel.shape[-1])
     params["patch_bias"] = bias
     position = _numpy(model.get_layer("position_embedding").embedding)
-    if model.class_token:
+    if config.class_token:
         # The class token's entry of the position embedding is a constant: add it once here.
         position = position.copy()
         params["class_token"] = _numpy(model.get_layer("class_token").token) + position[:, :1]
         position = position[:, 1:]
     params["position"] = position
-    if model.num_registers:
+    if config.num_registers:
         params["registers"] = _numpy(model.get_layer("register_tokens").tokens)
-    head_dim = model.hidden_size // model.num_heads
+    head_dim = config.hidden_size // config.num_heads
     blocks = []
     for block in model.encoder_blocks:
         attention = block.attention
         qkv_kernel, qkv_bias = _fold_norm(block.norm1, attention.qkv)
         # Scale the query columns by 1/sqrt(head_dim) so attention needs no extra multiply.
         q_scale = np.ones(qkv_kernel.shape[-1])
-        q_scale[: model.hidden_size] = 1.0 / math.sqrt(head_dim)
+        q_scale[: config.hidden_size] = 1.0 / math.sqrt(head_dim)
         fc1_kernel, fc1_bias = _fold_norm(block.norm2, block.mlp.fc1)
         proj_kernel, proj_bias = _numpy(attention.proj.kernel), _numpy(attention.proj.bias)
         fc2_kernel, fc2_bias = _numpy(block.mlp.fc2.kernel), _numpy(block.mlp.fc2.bias)
@@ -206,10 +261,10 @@ def _fold_weights(model, precision):
     params["blocks"] = blocks
     final_norm = model.get_layer("encoder_norm")
     params["norm_gamma"], params["norm_beta"] = _numpy(final_norm.gamma), _numpy(final_norm.beta)
-    if model.representation_size:
+    if config.representation_size:
         layer = model.get_layer("pre_logits")
         params["pre_logits_kernel"], params["pre_logits_bias"] = _numpy(layer.kernel), _numpy(layer.bias)
-    if model.include_top:
+    if config.include_top:
         head = model.get_layer("head")
         params["head_kernel"], params["head_bias"] = _numpy(head.kernel), _numpy(head.bias)
     # Matmul operands in `precision`; LayerNorm affine of the final norm stays float32 (it feeds
@@ -232,15 +287,15 @@ def _cast_tree(tree, dtype, keep_float32=()):
     return ops.convert_to_tensor(np.asarray(tree, "float32"), dtype=dtype)
 
 
-def _make_forward(model, precision):
-    ph, pw = model.patch_size
-    gh, gw = model.grid_size
-    hidden, heads = model.hidden_size, model.num_heads
+def _make_forward(config, precision):
+    ph, pw = config.patch_size
+    gh, gw = config.grid_size
+    hidden, heads = config.hidden_size, config.num_heads
     head_dim = hidden // heads
-    tokens = int(model.class_token) + model.num_registers + gh * gw
-    epsilon = model.layer_norm_epsilon
-    num_prefix = int(model.class_token)
-    activation = keras.activations.get(model.classifier_activation)
+    tokens = int(config.class_token) + config.num_registers + gh * gw
+    epsilon = config.layer_norm_epsilon
+    num_prefix = int(config.class_token)
+    activation = keras.activations.get(config.classifier_activation)
     tf = None
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -293,7 +348,7 @@ def _make_forward(model, precision):
         if num_prefix:
             x = ops.concatenate([ops.broadcast_to(params["class_token"], (batch, 1, hidden)), x], 1)
         if "registers" in params:
-            registers = ops.broadcast_to(params["registers"], (batch, model.num_registers, hidden))
+            registers = ops.broadcast_to(params["registers"], (batch, config.num_registers, hidden))
             x = ops.concatenate([x[:, :num_prefix], registers, x[:, num_prefix:]], axis=1)
         x = ops.reshape(x, (-1, hidden))
         for block in params["blocks"]:
@@ -302,7 +357,7 @@ def _make_forward(model, precision):
             x = x + dense(h, block["fc2_kernel"], block["fc2_bias"])
         x = ops.reshape(x, (-1, tokens, hidden))
         # encoder_norm then pooling; for the class token, norm-of-one-token is the same and cheaper.
-        x = x[:, :1] if model.pooling == "token" else x[:, model.num_prefix_tokens:]
+        x = x[:, :1] if config.pooling == "token" else x[:, config.num_prefix_tokens:]
         x = ops.cast(normalized(x), "float32") * params["norm_gamma"] + params["norm_beta"]
         x = ops.cast(ops.mean(x, axis=1), precision)
         if "pre_logits_kernel" in params:
@@ -315,7 +370,8 @@ def _make_forward(model, precision):
 
 
 def _policy_forward(model, precision):
-    """The model itself under the `precision` dtype policy (for heads the fused path lacks)."""
+    """The model's own layers under the `precision` dtype policy (for the options that the fused
+    forward pass does not implement)."""
     config = model.get_config()
     config["dtype"] = precision
     clone = type(model).from_config(config)
