@@ -50,7 +50,7 @@ from keras_vit.models import (  # noqa: E402
 __version__ = "0.1.0"
 
 # Submodules that need TensorFlow or heavy libraries load on first use: `keras_vit.export` etc.
-_LAZY_SUBMODULES = ("weights", "hub", "data", "export", "explain", "benchmark", "cli", "labels",
+_LAZY_SUBMODULES = ("weights", "data", "export", "explain", "benchmark", "cli", "labels",
                     "predict", "inference", "images")
 
 

@@ -125,12 +125,26 @@ DEFAULTS = {field.name: field.default for field in dataclasses.fields(ModelConfi
 
 
 def check_keywords(kwargs, valid, function_name):
-    """TypeError for a keyword `function_name` does not take, naming the nearest valid one."""
-    for key in kwargs:
-        if key not in valid:
-            near = difflib.get_close_matches(key, valid, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else f"; valid: {sorted(valid)}"
-            raise TypeError(f"{function_name}() got an unexpected keyword argument {key!r}{hint}")
+    """TypeError for the keywords `function_name` does not take, all of them at once, each with the
+    nearest valid one (a misspelt `imagesize=384` would otherwise be swallowed by `**kwargs`):
+
+        ViT(imagesize=384, dropout=0.1)  # TypeError: ViT() got unexpected keyword arguments
+        # ['dropout', 'imagesize']; did you mean 'dropout_rate' for 'dropout'? did you mean
+        # 'image_size' for 'imagesize'?
+    """
+    unknown = sorted(key for key in kwargs if key not in valid)
+    if not unknown:
+        return
+    valid = sorted(valid)
+    near = {key: difflib.get_close_matches(key, valid, n=1) for key in unknown}
+    listing = [] if all(near.values()) else [f"valid: {valid}"]
+    if len(unknown) == 1:
+        hint = near[unknown[0]]
+        raise TypeError(f"{function_name}() got an unexpected keyword argument {unknown[0]!r}; "
+                        + (f"did you mean {hint[0]!r}?" if hint else listing[0]))
+    hints = [f"did you mean {hint[0]!r} for {key!r}?" for key, hint in near.items() if hint]
+    raise TypeError(f"{function_name}() got unexpected keyword arguments {unknown}; "
+                    + " ".join(hints + listing))
 
 
 def _backbone(backbone):

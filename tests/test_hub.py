@@ -24,7 +24,7 @@ import pytest
 from conftest import TINY, random_images
 
 import keras_vit
-from keras_vit import hub
+from keras_vit.weights import hub
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 pytest.importorskip("huggingface_hub.constants")  # it reads HF_HUB_OFFLINE now, not inside a test

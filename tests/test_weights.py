@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import zipfile
 
 import keras
@@ -28,6 +29,7 @@ from conftest import REPO, TINY, random_images
 import keras_vit
 from keras_vit import weights as W
 from keras_vit.images import load_image
+from keras_vit.weights import downloads, formats
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -483,7 +485,7 @@ def test_registered_name_downloads_pins_and_caches(hf, tiny_registered, monkeypa
     def no_network(url, destination):
         raise AssertionError("downloaded again")
 
-    monkeypatch.setattr(W, "_fetch", no_network)
+    monkeypatch.setattr(downloads, "_fetch", no_network)
     keras_vit.load_pretrained("T/4:imagenet21k")  # cached and verified against the pin
     with pytest.raises(ValueError, match=r"'imagenet21k'\]"):
         keras_vit.ViT(**TINY, weights="imagenet42k")
@@ -523,27 +525,27 @@ def test_killed_download_is_never_pinned(hf, tiny_registered, monkeypatch):
     """Each kill window: mid-transfer (the exception path, and a real SIGKILL that runs no
     clean-up), between the pin and the move into place, and a partial file that an older version
     (keras.utils.get_file downloads in place) left at the final path without a pin."""
-    reg, real_fetch = tiny_registered, W._fetch
+    reg, real_fetch = tiny_registered, downloads._fetch
 
     def dies_mid_transfer(url, destination):
         with open(destination, "wb") as f:
             f.write(reg["data"][:1000])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(W, "_fetch", dies_mid_transfer)
+    monkeypatch.setattr(downloads, "_fetch", dies_mid_transfer)
     with pytest.raises(KeyboardInterrupt):
         keras_vit.load_pretrained("T/4:imagenet21k")
     assert os.listdir(reg["cached"].parent) == []
 
     # A real SIGKILL mid-transfer: no clean-up runs; the partial file keeps its temporary name.
     started = reg["cached"].parent / "started"
-    script = (f"from keras_vit import weights as W\n"
+    script = (f"from keras_vit.weights import downloads, registry\n"
               f"def slow(url, destination):\n"
               f"    open(destination, 'wb').write(b'x' * 1000)\n"
               f"    open({str(started)!r}, 'w').close()\n"
               f"    import time; time.sleep(60)\n"
-              f"W._fetch = slow\n"
-              f"W.download(W.WeightsEntry({reg['entry'].url!r}, 32, 10, ''))\n")
+              f"downloads._fetch = slow\n"
+              f"downloads.download(registry.WeightsEntry({reg['entry'].url!r}, 32, 10, ''))\n")
     env = dict(os.environ, KERAS_BACKEND="numpy", PYTHONPATH=REPO)
     process = subprocess.Popen([sys.executable, "-c", script], env=env)
     for _ in range(600):
@@ -564,7 +566,7 @@ def test_killed_download_is_never_pinned(hf, tiny_registered, monkeypatch):
             raise KeyboardInterrupt
         real_replace(source, destination)
 
-    monkeypatch.setattr(W, "_fetch", real_fetch)
+    monkeypatch.setattr(downloads, "_fetch", real_fetch)
     monkeypatch.setattr(os, "replace", dies_before_move)
     with pytest.raises(KeyboardInterrupt):
         keras_vit.load_pretrained("T/4:imagenet21k")
@@ -586,7 +588,7 @@ def test_upstream_change_after_pinning_names_the_pin(tiny_registered, monkeypatc
     reg = tiny_registered
     keras_vit.load_pretrained("T/4:imagenet21k")
     reg["cached"].unlink()
-    monkeypatch.setattr(W, "_fetch", lambda url, destination: open(destination, "wb").write(b"new"))
+    monkeypatch.setattr(downloads, "_fetch", lambda url, destination: open(destination, "wb").write(b"new"))
     with pytest.raises(ValueError, match=f"changed upstream.*Delete {reg['pin']} to trust"):
         keras_vit.load_pretrained("T/4:imagenet21k")
     assert not reg["cached"].exists()
@@ -598,14 +600,14 @@ def test_short_transfer_is_an_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: Response(b"12345"))
     with pytest.raises(ConnectionError, match="after 5 of 10 bytes"):
-        W._fetch("https://example/x.npz", str(tmp_path / "x.part"))
+        downloads._fetch("https://example/x.npz", str(tmp_path / "x.part"))
 
 
 def test_offline_error_names_url_and_local_alternative(monkeypatch):
     def offline(url, destination):
         raise OSError("[Errno -3] no network")
 
-    monkeypatch.setattr(W, "_fetch", offline)
+    monkeypatch.setattr(downloads, "_fetch", offline)
     with pytest.raises(ConnectionError) as error:
         keras_vit.ViTB16(weights="imagenet21k")  # B/16 found from the architecture, no model built
     assert "https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz" in str(error.value)
@@ -703,6 +705,35 @@ def test_truncated_text_and_pickle_files_are_refused(hf, tmp_path, monkeypatch):
             keras_vit.load_pretrained(path)
     with pytest.raises(FileNotFoundError, match="B/16:imagenet21k"):
         keras_vit.load_pretrained(tmp_path / "absent.npz")
+
+
+def test_formats_are_tried_in_order_and_a_new_one_is_one_entry(tmp_path, monkeypatch):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    safetensors_numpy.save_file({"stem.w": np.ones((2, 3), "float32")}, folder / "model.safetensors")
+    (folder / "config.json").write_text('{"width": 3}')
+    with pytest.raises(ValueError, match=r"mine/model\.safetensors'.*none of the formats tried "
+                                         r"\(google, huggingface, timm\).*\['stem\.w'\]"):
+        W.read_checkpoint(folder)
+    calls = []
+
+    def convert(raw, config, processor, path, num_heads=None, image_size=None):
+        calls.append((sorted(raw), config, processor, path, num_heads, image_size))
+        return W.Checkpoint(dict(raw), {}, (0.0, 1.0), 1e-6, None, "mine", "bicubic")
+
+    mine = types.ModuleType("mine")
+    mine.matches, mine.convert = (lambda keys, config=None: "stem.w" in keys), convert
+    mine.EXPECTED = "'stem.w'"
+    monkeypatch.setattr(formats, "FORMATS", [*formats.FORMATS, mine])
+    checkpoint = W.read_checkpoint(folder, num_heads=3, image_size=8)
+    assert calls == [(["stem.w"], {"width": 3}, None, str(folder / "model.safetensors"), 3, 8)]
+    assert checkpoint.source_format == "mine" and checkpoint.path == str(folder)
+    np.testing.assert_array_equal(checkpoint.state["stem.w"], np.ones((2, 3)))
+    timm_file = write_timm(tmp_path / "timm", random_timm(16, 1, 4, 2), {"model_args": {"num_heads": 2}})
+    mine.matches = lambda keys, config=None: True  # matches every file: the order decides
+    assert W.read_checkpoint(timm_file).source_format == "timm"
+    monkeypatch.setattr(formats, "FORMATS", [mine, *formats.FORMATS[:-1]])
+    assert W.read_checkpoint(timm_file).source_format == "mine"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -899,12 +930,16 @@ def test_rectangular_checkpoint_loads_at_the_grid_asked_for(tmp_path, caplog):
 
 def test_unknown_keywords_and_bad_values(hf, tmp_path):
     path = hf["folder"] / "google.npz"
-    with pytest.raises(TypeError, match=r"\['imagesize'\].*did you mean 'image_size'"):
+    with pytest.raises(TypeError, match=r"load_pretrained\(\) got an unexpected keyword argument "
+                                        r"'imagesize'; did you mean 'image_size'\?"):
         keras_vit.load_pretrained(path, imagesize=48)
-    with pytest.raises(TypeError, match=r"did you mean 'dropout_rate' for 'dropout'"):
-        keras_vit.load_pretrained(path, dropout=0.1)
-    with pytest.raises(TypeError, match=r"did you mean 'resample_method' for 'resample'"):
+    with pytest.raises(TypeError, match=r"'resample'; did you mean 'resample_method'\?"):
         keras_vit.load_pretrained(path, resample="bilinear")
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['dropout', 'imagesize', "
+                                        r"'xyzzy'\]; did you mean 'dropout_rate' for 'dropout'\? did "
+                                        r"you mean 'image_size' for 'imagesize'\? valid: \[.*"
+                                        r"'resample_method'"):
+        keras_vit.load_pretrained(path, imagesize=48, xyzzy=1, dropout=0.1)  # all named at once
     with pytest.raises(TypeError, match=r"build_with_weights\(\).*'dropuot_rate'.*'dropout_rate'"):
         W.build_with_weights(dict(TINY, dropuot_rate=0.1), str(path))
     absent = tmp_path / "absent.npz"  # the values are checked before the file is looked for

@@ -24,7 +24,8 @@ from test_weights import DEPTH, HEADS, HIDDEN, TOLERANCE, google_from_hf, posemb
 
 import keras_vit
 from keras_vit import resnet as R
-from keras_vit import weights as W
+from keras_vit.weights import downloads
+from keras_vit.weights.formats import timm as timm_format
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -222,9 +223,9 @@ def test_timm_hybrid_names_imply_their_architecture(hybrid, tmp_path):
         "vit_tiny_r_s16_p8_224": (192, 12, 8, []),
     }
     for name, (width, depth, patch, units) in implied.items():
-        assert W._timm_name_implies(name) == dict(hidden_size=width, num_layers=depth,
-                                                  patch_size=patch, block_units=units,
-                                                  distilled=False)
+        assert timm_format._name_implies(name) == dict(hidden_size=width, num_layers=depth,
+                                                       patch_size=patch, block_units=units,
+                                                       distilled=False)
     config = json.loads((hybrid["timm"] / "config.json").read_text())
     write_timm(tmp_path, safetensors_numpy.load_file(str(hybrid["timm"] / "model.safetensors")),
                dict(config, architecture="vit_base_r50_s16_224", model_args={"num_heads": HEADS}))
@@ -239,7 +240,7 @@ def test_registered_hybrids_name_their_files(monkeypatch, tmp_path):
         raise OSError("no network in tests")
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # the cache folder, never ~/.keras
-    monkeypatch.setattr(W, "_fetch", offline)
+    monkeypatch.setattr(downloads, "_fetch", offline)
     gcs = "https://storage.googleapis.com/vit_models/"
     with pytest.raises(ConnectionError, match=re.escape(
             gcs + "imagenet21k%2Bimagenet2012/R50%2BViT-B_16.npz")):
@@ -433,7 +434,7 @@ def test_deit_registry_names(monkeypatch):
     """Registered DeiT weights are timm's safetensors on the Hub; `distilled=True` picks the
     distilled checkpoint of a name; timm's model names find them too."""
     asked = []
-    monkeypatch.setattr("keras_vit.hub.snapshot", lambda spec: asked.append(spec) or "/nonexistent")
+    monkeypatch.setattr("keras_vit.weights.hub.snapshot", lambda spec: asked.append(spec) or "/nonexistent")
     for call in (lambda: keras_vit.DeiTTi16(weights="imagenet1k"),
                  lambda: keras_vit.DeiTTi16(distilled=True, weights="imagenet1k"),
                  lambda: keras_vit.DeiTB16(distilled=True, weights="imagenet1k_384"),

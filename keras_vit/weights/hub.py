@@ -16,7 +16,7 @@ import logging
 import os
 import re
 
-from keras_vit.weights import PICKLE_SUFFIXES, PREFERRED_WEIGHT_FILES
+from keras_vit.weights.files import PICKLE_SUFFIXES, PREFERRED_WEIGHT_FILES
 
 logger = logging.getLogger("keras_vit")
 
