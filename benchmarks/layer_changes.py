@@ -11,7 +11,6 @@ Prints a Markdown table (median ms; ratio = time / keras_vit now) and writes JSO
 """
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -26,6 +25,8 @@ from keras import ops  # noqa: E402
 
 from keras_vit import benchmark, models  # noqa: E402
 from keras_vit import layers as L  # noqa: E402
+from keras_vit.fileio import write_json  # noqa: E402
+from peers import keras_hub_contender  # noqa: E402 - benchmarks/peers.py, beside this script
 
 
 def _attention_call_before(self, x, training=None, return_attention_scores=False):
@@ -74,11 +75,11 @@ def main(argv=None):
         labels = rng.integers(0, 1000, int(batch))
         for precision in args.precisions.split(","):
             contenders = {
-                "keras_vit now": benchmark._keras_contender(
+                "keras_vit now": benchmark.keras_contender(
                     "now", "keras_vit", lambda d: build_now(config, d), precision, "sgd"),
-                "keras_vit before": benchmark._keras_contender(
+                "keras_vit before": benchmark.keras_contender(
                     "before", "keras_vit", lambda d: build_before(config, d), precision, "sgd"),
-                "keras_hub": benchmark.keras_hub_contender(config, precision, "sgd"),
+                "keras_hub": keras_hub_contender(config, precision, "sgd"),
             }
             for task in ("inference", "training"):
                 if task == "inference":
@@ -99,9 +100,7 @@ def main(argv=None):
                   settings="random weights, uniform pixels, 224x224, 1000 classes; training = "
                            "compile(SGD momentum 0.9) + train_on_batch; bfloat16 = dtype policy "
                            "'bfloat16' for inference, 'mixed_bfloat16' for training")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as file:
-        json.dump(report, file, indent=1)
+    write_json(args.output, report)
     print(f"\nCPU {env['cpu']}, {args.threads} threads, {platform.python_version()}; median of "
           f"{args.repeats}, interleaved.\n")
     print("| model | batch | precision | task | now (ms) | before (ms) | before / now | "

@@ -3,9 +3,9 @@
 TensorFlow turns oneDNN on by default only on CPUs with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX;
 on older CPUs (AVX2 only, e.g. AMD Zen 3) it runs Eigen kernels unless TF_ENABLE_ONEDNN_OPTS=1 is
 set before TensorFlow is imported. The switch only takes effect at import, so each setting runs in
-its own `keras-vit benchmark` subprocess, alternating A B A B ..., and each run carries Hugging
-Face's PyTorch ViT (unaffected by the switch) as an in-process yardstick: compare the
-keras_vit / HF ratios as well as the medians.
+its own `benchmarks/peers.py` subprocess (`keras-vit benchmark` with the peers), alternating
+A B A B ..., and each run carries Hugging Face's PyTorch ViT (unaffected by the switch) as an
+in-process yardstick: compare the keras_vit / HF ratios as well as the medians.
 
     python benchmarks/onednn_ab.py --model ViTS16 --batch-size 8 --rounds 2
 
@@ -21,12 +21,14 @@ import tempfile
 
 import numpy as np
 
+PEERS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers.py")
+
 
 def run_once(setting, args, workdir, index):
     out = os.path.join(workdir, f"{setting}_{index}.json")
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=setting, KERAS_BACKEND="tensorflow",
                TF_CPP_MIN_LOG_LEVEL="2")
-    subprocess.run([sys.executable, "-m", "keras_vit.cli", "benchmark", "--model", args.model,
+    subprocess.run([sys.executable, PEERS_SCRIPT, "--model", args.model,
                     "--batch-size", str(args.batch_size), "--precision", args.precision,
                     "--peers", args.peers, "--tasks", args.tasks, "--repeats", str(args.repeats),
                     "--warmup", "2", "--output", out],
@@ -36,7 +38,7 @@ def run_once(setting, args, workdir, index):
 
 
 def medians(report):
-    """{(task, contender): median ms} from one `keras-vit benchmark` JSON."""
+    """{(task, contender): median ms} from one benchmark JSON (`benchmarks/peers.py`)."""
     return {(task, contender): row["median_ms"]
             for task, block in report["results"].items()
             for contender, row in block.items() if isinstance(row, dict) and "median_ms" in row}

@@ -10,13 +10,16 @@ PY=${PYTHON:-python}
 OUT=benchmarks/results
 mkdir -p "$OUT"
 export KERAS_BACKEND=tensorflow TF_CPP_MIN_LOG_LEVEL=2
+# oneDNN on, as the `keras-vit` command sets it on x86-64 (TensorFlow reads it at import; the
+# tables in RESULTS.md were taken with it on). TF_ENABLE_ONEDNN_OPTS=0 reproduces the off ones.
+export TF_ENABLE_ONEDNN_OPTS=${TF_ENABLE_ONEDNN_OPTS:-1}
 for spec in "ViTTi16 16" "ViTS16 8" "ViTB16 8"; do
   set -- $spec
   for precision in float32 bfloat16; do
     tasks=latency,throughput,training
     if [ "$precision" = float32 ]; then tasks=$tasks,memory; fi
     if [ "$1" = ViTTi16 ] && [ "$precision" = float32 ]; then tasks=$tasks,tflite,pipeline; fi
-    "$PY" -m keras_vit.cli benchmark --model "$1" --batch-size "$2" --precision "$precision" \
+    "$PY" benchmarks/peers.py --model "$1" --batch-size "$2" --precision "$precision" \
       --peers keras_hub,hf,timm --tasks "$tasks" --repeats "${REPEATS:-5}" --warmup 2 \
       --output "$OUT/cpu_$1_$precision.json" --markdown "$OUT/cpu_$1_$precision.md"
   done

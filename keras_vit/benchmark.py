@@ -1,15 +1,15 @@
-"""Speed and memory of keras_vit side by side with KerasHub, Hugging Face, timm and ONNX Runtime.
+"""Speed, memory and MFU of keras_vit: the Keras model, its fast predictor and its own exports.
 
     keras-vit benchmark --model ViTS16 --batch-size 32 --precision bfloat16 --output results.json
-    KERAS_BACKEND=jax keras-vit benchmark --model ViTB16 --batch-size 256 --precision bfloat16 --peers timm
+    KERAS_BACKEND=jax keras-vit benchmark --model ViTB16 --batch-size 256 --precision bfloat16
     keras-vit benchmark --model ViTS16 --peers onnxruntime --tasks latency,throughput,memory
 
 What is measured, for one architecture, batch size, image size, backend and precision:
 - `latency`: inference at `--latency-batch-size` (default 1); `throughput`: inference at `--batch-size`;
 - `training`: one optimizer step (SGD with momentum or AdamW; `model.compile` + `train_on_batch`
-  for Keras models, a plain PyTorch loop for the torch peers), images/s;
-- `memory`: peak process RSS (`resource.getrusage`) on CPU, peak device memory on GPU, each contender
-  in a fresh subprocess so that the numbers do not mix;
+  for Keras models), images/s;
+- `memory`: peak process RSS (`/proc/self/status` VmHWM) on CPU, peak device memory on GPU, each
+  contender in a fresh subprocess so that the numbers do not mix;
 - `tflite`: batch-1 latency of `.tflite` files (one per quantization mode) with the LiteRT interpreter;
 - `pipeline`: images/s of keras_vit's tf.data training pipeline alone (read, decode, inception
   crop, resize, flip, batch, prefetch) on photo-sized JPEGs, beside the training step's images/s:
@@ -21,11 +21,17 @@ ONNX Runtime (CPU execution provider, float32, inference only) runs keras_vit's 
 Contenders run interleaved (A B C A B C ...) after their warm-up, so that load from other processes
 hits every contender alike; each cell reports the median and the min/max of `--repeats` timings and
 the ratio to `keras_vit`. On GPU the model FLOP utilisation uses `vit_flops`, the analytic count.
-Peers that are not installed are skipped, and the table says so. TensorFlow, PyTorch, KerasHub,
-transformers, timm and ONNX Runtime are imported only when a contender needs them.
+A contender whose library is not installed is skipped, and the report says why. TensorFlow,
+LiteRT and ONNX Runtime are imported only when a contender needs them.
+
+Other libraries' ViTs (KerasHub, Hugging Face transformers, timm) are not part of the package:
+`python benchmarks/peers.py` runs them through this module's machinery (`run_suite(...,
+builders=...)`, the same timing, memory subprocesses and report). The command line is
+`keras_vit.cli.benchmark`.
 """
 
-import argparse
+import importlib.util
+import inspect
 import json
 import os
 import platform
@@ -36,7 +42,6 @@ import time
 
 import numpy as np
 
-PEERS = ("keras_hub", "hf", "timm", "onnxruntime")
 TASKS = ("latency", "throughput", "training", "memory", "tflite", "pipeline")
 DEFAULT_TASKS = ("latency", "throughput", "training", "memory")
 PRECISIONS = ("float32", "bfloat16")
@@ -182,17 +187,25 @@ def set_threads(threads):
 
 
 class Contender:
-    """One implementation: `predict(batch)` and `train_step(batch)` on prepared inputs.
-    `prepare()`, where given, makes what the contender loads (a converted file) in this
-    process, so that a memory subprocess measures loading and running it, not the conversion."""
+    """One implementation: `build_predict(images)` returns `predict(batch)`, `build_train(images,
+    labels)` returns a zero-argument training step (None: inference only).
 
-    def __init__(self, name, library, settings, build_predict, build_train=None, prepare=None):
+    `prepare()`, where given, makes what the contender loads (a converted file) in this process,
+    so that a memory subprocess measures loading and running it, not the conversion.
+    `device_peak_mib()`, where given, is its peak accelerator memory in MiB (None on CPU), for
+    contenders that do not run on the Keras backend's device (a PyTorch model). `peer` is the
+    name it was built under (`build_contenders`), None for keras_vit's own Keras contenders.
+    """
+
+    def __init__(self, name, library, settings, build_predict, build_train=None, prepare=None,
+                 device_peak_mib=None):
         self.name, self.library, self.settings = name, library, settings
         self.build_predict, self.build_train, self.prepare = build_predict, build_train, prepare
+        self.device_peak_mib, self.peer = device_peak_mib, None
 
 
 class Unavailable(Exception):
-    """A peer that cannot run in this setting (the message says why); it is skipped."""
+    """A contender that cannot run in this setting (the message says why); it is skipped."""
 
 
 def _keras_optimizer(name):
@@ -203,7 +216,7 @@ def _keras_optimizer(name):
     return keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.05)
 
 
-def _keras_contender(name, library, build_model, precision, optimizer, fast=False):
+def keras_contender(name, library, build_model, precision, optimizer, fast=False):
     """A Keras model: inference via `predict_on_batch` (or the fast predictor), training via
     `compile` + `train_on_batch` under `mixed_bfloat16` for bfloat16."""
     import keras
@@ -237,129 +250,10 @@ def keras_vit_contenders(config, precision, optimizer, fast=True):
     def build(dtype):
         return models.VisionTransformer(**config, dtype=dtype)
 
-    contenders = [_keras_contender("keras_vit", "keras_vit", build, precision, optimizer)]
+    contenders = [keras_contender("keras_vit", "keras_vit", build, precision, optimizer)]
     if fast:
-        contenders.append(_keras_contender("keras_vit fast_predictor", "keras_vit", build, precision,
+        contenders.append(keras_contender("keras_vit fast_predictor", "keras_vit", build, precision,
                                            optimizer, fast=True))
-    return contenders
-
-
-def keras_hub_contender(config, precision, optimizer):
-    """KerasHub's `ViTBackbone` + `ViTImageClassifier` head ("token" pooling, same sizes). It has no
-    in-graph normalisation, so it gets the same pixels; normalisation is one multiply-add."""
-    import keras_hub
-
-    def build(dtype):
-        size = config["image_size"]
-        size = (size, size) if np.isscalar(size) else tuple(size)
-        backbone = keras_hub.models.ViTBackbone(
-            image_shape=(*size, 3), patch_size=config["patch_size"], num_layers=config["num_layers"],
-            num_heads=config["num_heads"], hidden_dim=config["hidden_size"],
-            mlp_dim=config["mlp_dim"], layer_norm_epsilon=1e-6, dtype=dtype)
-        return keras_hub.models.ViTImageClassifier(backbone=backbone, num_classes=config["num_classes"],
-                                                   pooling="token", preprocessor=None)
-
-    contender = _keras_contender("keras_hub ViTBackbone", "keras_hub", build, precision, optimizer)
-    contender.settings["version"] = keras_hub.__version__
-    return contender
-
-
-def _torch_device():
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _torch_contender(name, library, build_model, precision, optimizer, compile_model=False):
-    """A PyTorch model on normalised NCHW inputs: `inference_mode` (bf16 weights for bfloat16);
-    training with float32 master weights under `autocast(bfloat16)`."""
-    import torch
-
-    device = _torch_device()
-    dtype = getattr(torch, precision)
-
-    def to_nchw(images):
-        # Normalisation to [-1, 1] happens here, outside the timed region (the Keras models do it
-        # inside theirs: one fused multiply-add, a negligible cost).
-        return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)) / 127.5 - 1.0).to(
-            device=device, dtype=torch.float32)
-
-    def predict_fn(images):
-        model = build_model().to(device=device, dtype=dtype).eval()
-        run = torch.compile(model) if compile_model else model
-        inputs = to_nchw(images).to(dtype)
-
-        def predict(batch):
-            with torch.inference_mode():
-                out = run(inputs if batch is images else to_nchw(batch).to(dtype))
-                return (out.logits if hasattr(out, "logits") else out).float().cpu().numpy()
-
-        return predict
-
-    def train_fn(images, labels):
-        model = build_model().to(device=device).train()
-        run = torch.compile(model) if compile_model else model
-        params = model.parameters()
-        opt = (torch.optim.SGD(params, lr=1e-3, momentum=0.9) if optimizer == "sgd"
-               else torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05))
-        inputs, targets = to_nchw(images), torch.from_numpy(labels).long().to(device)
-
-        def step():
-            with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-                out = run(inputs)
-                logits = out.logits if hasattr(out, "logits") else out
-                loss = torch.nn.functional.cross_entropy(logits.float(), targets)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss.item()
-
-        return step
-
-    settings = {"device": device, "torch": torch.__version__, "torch.compile": compile_model,
-                "inference dtype": precision,
-                "training": "autocast bfloat16" if precision == "bfloat16" else "float32"}
-    return Contender(name, library, settings, predict_fn, train_fn)
-
-
-def hf_contender(config, precision, optimizer):
-    """Hugging Face transformers' PyTorch `ViTForImageClassification` of the same configuration."""
-    import transformers
-
-    size = config["image_size"]
-    hf_config = transformers.ViTConfig(
-        hidden_size=config["hidden_size"], num_hidden_layers=config["num_layers"],
-        num_attention_heads=config["num_heads"], intermediate_size=config["mlp_dim"],
-        image_size=size if np.isscalar(size) else size[0], patch_size=config["patch_size"],
-        num_labels=config["num_classes"], layer_norm_eps=1e-6, hidden_act="gelu")
-
-    def build():
-        return transformers.ViTForImageClassification(hf_config)
-
-    contender = _torch_contender("HF ViTForImageClassification", "transformers", build, precision,
-                                 optimizer)
-    contender.settings.update(transformers=transformers.__version__,
-                              attention=getattr(hf_config, "_attn_implementation", None) or "sdpa")
-    return contender
-
-
-def timm_contenders(config, precision, optimizer):
-    """timm's VisionTransformer (`vit_base_patch16_224` for B/16), eager and `torch.compile`d."""
-    import timm
-    from timm.models.vision_transformer import VisionTransformer
-
-    def build():
-        return VisionTransformer(img_size=config["image_size"], patch_size=config["patch_size"],
-                                 embed_dim=config["hidden_size"], depth=config["num_layers"],
-                                 num_heads=config["num_heads"],
-                                 mlp_ratio=config["mlp_dim"] / config["hidden_size"],
-                                 num_classes=config["num_classes"])
-
-    contenders = [_torch_contender("timm eager", "timm", build, precision, optimizer),
-                  _torch_contender("timm torch.compile", "timm", build, precision, optimizer,
-                                   compile_model=True)]
-    for contender in contenders:
-        contender.settings["timm"] = timm.__version__
     return contenders
 
 
@@ -410,29 +304,46 @@ def onnxruntime_contender(config, precision, optimizer):
     return Contender("ONNX Runtime (CPU)", "onnxruntime", settings, predict_fn, prepare=prepare)
 
 
-PEER_BUILDERS = {"keras_hub": keras_hub_contender, "hf": hf_contender, "timm": timm_contenders,
-                 "onnxruntime": onnxruntime_contender}
-PEER_LIBRARIES = {"keras_hub": "keras_hub", "hf": "transformers", "timm": "timm",
-                  "onnxruntime": "onnxruntime"}
+# Contenders beside the Keras model, by `--peers` name: `builder(config, precision, optimizer)`
+# returns a Contender or a list of them, and raises ImportError or Unavailable to be skipped.
+PEER_BUILDERS = {"onnxruntime": onnxruntime_contender}
+PEERS = tuple(PEER_BUILDERS)
 
 
-def build_contenders(config, precision, optimizer, peers, fast=True):
+def build_contenders(config, precision, optimizer, peers, fast=True, builders=None):
     """keras_vit first, then each requested peer; returns `(contenders, skipped)`, where skipped
-    maps a peer to why it is missing."""
+    maps a peer to why it is missing. `builders` adds to (or overrides) `PEER_BUILDERS`."""
+    builders = {**PEER_BUILDERS, **(builders or {})}
     contenders, skipped = keras_vit_contenders(config, precision, optimizer, fast), {}
     for peer in peers:
-        if peer not in PEER_BUILDERS:
-            raise ValueError(f"Unknown peer {peer!r}: expected some of {list(PEERS)} or 'none'.")
+        if peer not in builders:
+            raise ValueError(f"Unknown peer {peer!r}: expected some of {list(builders)} or 'none'.")
         try:
-            built = PEER_BUILDERS[peer](config, precision, optimizer)
+            built = builders[peer](config, precision, optimizer)
         except ImportError as error:
             skipped[peer] = f"not installed ({error.name or error})"
             continue
         except Unavailable as error:
             skipped[peer] = str(error)
             continue
-        contenders.extend(built if isinstance(built, list) else [built])
+        for contender in built if isinstance(built, list) else [built]:
+            contender.peer = peer
+            contenders.append(contender)
     return contenders, skipped
+
+
+def _builder_source(builder):
+    """`[file, name]` where a memory subprocess finds `builder` again: also a script's function,
+    whose module is `__main__` and cannot be imported by name."""
+    return [os.path.abspath(inspect.getfile(builder)), builder.__qualname__]
+
+
+def _load_builder(source):
+    path, name = source
+    spec = importlib.util.spec_from_file_location("_keras_vit_benchmark_builders", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -475,16 +386,19 @@ def _peak_tflops(gpu, precision, override):
     return None
 
 
-def _memory_in_subprocess(spec, contender, images_shape):
-    """Peak memory of one contender doing one inference and one training step, in a fresh process."""
+def _memory_in_subprocess(spec, contender, images_shape, builders=None):
+    """Peak memory of one contender doing one inference and one training step, in a fresh process.
+    `builders`: the extra peer builders of `build_contenders`, found again there by file."""
     code = ("import json, sys; from keras_vit.benchmark import _memory_child; "
             "print('KVB_MEMORY=' + json.dumps(_memory_child(json.loads(sys.argv[1]))))")
-    # Only the contender's own library is imported there, so RSS is not inflated by the others.
-    peers = [peer for peer, library in PEER_LIBRARIES.items() if library == contender.library]
+    # Only the contender's own peer is built there, so RSS is not inflated by the others' imports.
+    peers = [contender.peer] if contender.peer else []
+    sources = {peer: _builder_source(builders[peer]) for peer in peers
+               if builders and peer in builders}
     if contender.prepare is not None:
         contender.prepare()
-    payload = json.dumps({**spec, "peers": peers, "name": contender.name, "images_shape": images_shape,
-                          "onnx_files": _ONNX_FILES})
+    payload = json.dumps({**spec, "peers": peers, "builders": sources, "name": contender.name,
+                          "images_shape": images_shape, "onnx_files": _ONNX_FILES})
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, "-c", code, payload], capture_output=True, text=True,
@@ -515,8 +429,9 @@ def peak_rss_mib():
 def _memory_child(spec):
     set_threads(spec["threads"])
     _ONNX_FILES.update(spec.get("onnx_files", {}))
+    builders = {peer: _load_builder(source) for peer, source in spec.get("builders", {}).items()}
     contenders, _ = build_contenders(spec["config"], spec["precision"], spec["optimizer"],
-                                     spec["peers"], spec["fast"])
+                                     spec["peers"], spec["fast"], builders)
     contender = next(c for c in contenders if c.name == spec["name"])
     images = np.random.default_rng(0).uniform(0, 255, spec["images_shape"]).astype("float32")
     labels = np.zeros(len(images), "int32")
@@ -533,12 +448,10 @@ def _memory_child(spec):
 
 
 def _device_peak_mib(contender):
+    if contender.device_peak_mib is not None:
+        return contender.device_peak_mib()
     if contender.library == "onnxruntime":
         return None  # CPU only: its memory is the process's RSS
-    if contender.library in ("transformers", "timm"):
-        import torch
-
-        return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     import keras
 
     if keras.backend.backend() == "jax":
@@ -615,7 +528,6 @@ def _synthetic_jpegs(folder, count, shape=(375, 500), seed=0):
 
 def _pipeline_throughput(image_size, batch_size, repeats, warmup):
     """Per-batch time of keras_vit.data.from_directory(..., training=True) on synthetic JPEGs."""
-    import importlib.util
     import tempfile
 
     if importlib.util.find_spec("tensorflow") is None:
@@ -641,9 +553,13 @@ def _pipeline_throughput(image_size, batch_size, repeats, warmup):
 
 def run_suite(config, batch_size=32, latency_batch_size=1, precision="float32", peers=PEERS,
               tasks=DEFAULT_TASKS, repeats=5, warmup=2, threads=None, optimizer="sgd", fast=True,
-              tflite_modes=("none", "float16", "dynamic"), peak_tflops=None):
+              tflite_modes=("none", "float16", "dynamic"), peak_tflops=None, builders=None):
     """Runs the benchmark; returns a JSON-able dict with `settings`, `environment`, `results`
-    (task -> contender -> numbers) and `skipped` (what was not run and why)."""
+    (task -> contender -> numbers) and `skipped` (what was not run and why).
+
+    `builders` adds contenders by peer name (see `PEER_BUILDERS`); `peers` picks among them.
+    A builder must be a module-level function of an importable file, so that the memory
+    subprocesses can build its contender again."""
     if precision not in PRECISIONS:
         raise ValueError(f"Unknown precision {precision!r}: expected one of {list(PRECISIONS)}.")
     unknown = sorted(set(tasks) - set(TASKS))
@@ -652,7 +568,7 @@ def run_suite(config, batch_size=32, latency_batch_size=1, precision="float32", 
     threads = threads or len(os.sched_getaffinity(0))
     set_threads(threads)
     peers = [p for p in peers if p != "none"]
-    contenders, skipped = build_contenders(config, precision, optimizer, peers, fast)
+    contenders, skipped = build_contenders(config, precision, optimizer, peers, fast, builders)
     env = environment(threads)
     peak = _peak_tflops(env["gpu"], precision, peak_tflops)
     forward = vit_flops(**config)
@@ -685,7 +601,8 @@ def run_suite(config, batch_size=32, latency_batch_size=1, precision="float32", 
     if "memory" in tasks:
         spec = {"config": config, "precision": precision, "optimizer": optimizer, "fast": fast,
                 "threads": threads}
-        results["memory"] = {c.name: _memory_in_subprocess(spec, c, list(shape)) for c in contenders}
+        results["memory"] = {c.name: _memory_in_subprocess(spec, c, list(shape), builders)
+                             for c in contenders}
 
     if "tflite" in tasks:
         rows, why = _tflite_latency(config, tflite_modes, threads, repeats, warmup, images)
@@ -705,148 +622,3 @@ def run_suite(config, batch_size=32, latency_batch_size=1, precision="float32", 
                      "contenders": {c.name: c.settings for c in contenders}},
         "environment": env, "results": results, "skipped": skipped,
     }
-
-
-# ----------------------------------------------------------------------------- reporting
-
-
-def markdown_table(report):
-    """The results as Markdown: a settings line, then one table per task with ratios to keras_vit."""
-    s, env = report["settings"], report["environment"]
-    c = s["config"]
-    lines = [
-        f"ViT patch {c['patch_size']}, width {c['hidden_size']}, depth {c['num_layers']}, heads "
-        f"{c['num_heads']}, MLP {c['mlp_dim']}, image {c['image_size']}, {c['num_classes']} classes "
-        f"({s['forward_gflops_per_image']:.2f} GFLOP forward per image); precision "
-        f"{s['precision']}, optimizer {s['optimizer']}, {s['repeats']} repeats after "
-        f"{s['warmup']} warm-up, interleaved.",
-        "",
-        f"Backend {env['backend']}, Keras {env['keras']}, threads {env['threads']}, CPU "
-        f"{env['cpu']} x{env['cpu_cores']} cores, GPU {env['gpu'] or 'none'}; "
-        + ", ".join(f"{k} {env[k]}" for k in ("tensorflow", "jax", "torch", "transformers",
-                                             "keras_hub", "timm", "onnxruntime") if k in env) + ".",
-        "",
-    ]
-    titles = {"latency": f"Inference latency, batch {s['latency_batch_size']}",
-              "throughput": f"Inference throughput, batch {s['batch_size']}",
-              "training": f"Training step, batch {s['batch_size']}",
-              "tflite": "LiteRT interpreter, batch 1",
-              "pipeline": f"tf.data training pipeline alone, batch {s['batch_size']} (per batch)"}
-    for task, rows in report["results"].items():
-        if not rows:  # e.g. tflite on a backend that cannot convert: listed under "skipped"
-            continue
-        if task == "memory":
-            lines += ["### Peak memory (one inference + two training steps, fresh process)", "",
-                      "| contender | peak RSS (MiB) | RSS after imports (MiB) | device peak (MiB) |",
-                      "| --- | ---: | ---: | ---: |"]
-            for name, row in rows.items():
-                if "error" in row:
-                    lines.append(f"| {name} | failed: {row['error']} | | |")
-                    continue
-                device = row.get("device_peak_mib")
-                lines.append(f"| {name} | {row['peak_rss_mib']:.0f} | {row['rss_after_imports_mib']:.0f}"
-                             f" | {'-' if device is None else f'{device:.0f}'} |")
-            lines.append("")
-            continue
-        if task == "pipeline":
-            (name, row), = rows.items()
-            lines += [f"### {titles[task]}", "",
-                      "| pipeline | median (ms) | min–max (ms) | images/s |", "| --- | ---: | ---: | ---: |",
-                      f"| {name} | {row['median_ms']:.1f} | {row['min_ms']:.1f}–{row['max_ms']:.1f} | "
-                      f"{row['images_per_s']:.1f} |", ""]
-            step = report["results"].get("training", {}).get("keras_vit")
-            if step:
-                ratio = row["images_per_s"] / step["images_per_s"]
-                lines += [f"The pipeline delivers {ratio:.1f}x the images/s of keras_vit's training "
-                          f"step on this machine ({'enough to keep it fed' if ratio >= 1 else 'not enough: the model would wait for data'}; "
-                          "decoding shares the cores with the model on CPU).", ""]
-            continue
-        base = rows.get("keras_vit", next(iter(rows.values())))
-        mfu = any("mfu" in r for r in rows.values())
-        lines += [f"### {titles[task]}", "",
-                  "| contender | median (ms) | min–max (ms) | images/s | time / keras_vit |"
-                  + (" MFU |" if mfu else "") + (" size (MB) |" if task == "tflite" else ""),
-                  "| --- | ---: | ---: | ---: | ---: |" + (" ---: |" if mfu else "")
-                  + (" ---: |" if task == "tflite" else "")]
-        for name, row in rows.items():
-            ratio = row["median_ms"] / base["median_ms"] if base and task != "tflite" else None
-            line = (f"| {name} | {row['median_ms']:.1f} | {row['min_ms']:.1f}–{row['max_ms']:.1f} | "
-                    f"{row['images_per_s']:.1f} | {'-' if ratio is None else f'{ratio:.2f}x'} |")
-            if mfu:
-                line += f" {row.get('mfu', 0):.1%} |"
-            if task == "tflite":
-                line += f" {row['size_mb']:.1f} |"
-            lines.append(line)
-        lines.append("")
-    if any(t not in ("memory", "tflite", "pipeline") for t in report["results"]):
-        lines.append("`time / keras_vit`: the row's median over keras_vit's median in the same run "
-                     "(above 1.00x the row is slower than keras_vit, below it faster).")
-    for peer, why in report["skipped"].items():
-        lines.append(f"- {peer}: not measured, {why}.")
-    lines.append("")
-    lines.append("Settings per contender: " + "; ".join(
-        f"{name}: " + ", ".join(f"{k} {v}" for k, v in st.items())
-        for name, st in s["contenders"].items()) + ".")
-    return "\n".join(lines) + "\n"
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def _csv(value):
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def add_benchmark_arguments(parser):
-    parser.add_argument("--model", default="ViTB16",
-                        help="variant: ViTTi16, ViTS16, ViTB16, ... or S/16, B/16 ... (default ViTB16)")
-    parser.add_argument("--config", type=json.loads, default=None,
-                        help='JSON overrides of the ViT arguments, e.g. \'{"num_layers": 2}\'')
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=32, help="throughput and training batch")
-    parser.add_argument("--latency-batch-size", type=int, default=1)
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
-                        help="bfloat16: bf16 inference, mixed_bfloat16 / autocast training")
-    parser.add_argument("--peers", type=_csv, default=list(PEERS),
-                        help=f"comma list of {', '.join(PEERS)}, or none (missing ones are skipped)")
-    parser.add_argument("--tasks", type=_csv, default=list(DEFAULT_TASKS),
-                        help=f"comma list of {', '.join(TASKS)}")
-    parser.add_argument("--tflite-modes", type=_csv, default=["none", "float16", "dynamic"],
-                        help="quantization modes for --tasks tflite: none, float16, dynamic, int8")
-    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="default: the cores this process may use")
-    parser.add_argument("--no-fast", dest="fast", action="store_false",
-                        help="leave out keras_vit.inference.fast_predictor")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="device peak for the MFU column (known GPUs are looked up)")
-    parser.add_argument("--output", default=None, help="write the results as JSON here")
-    parser.add_argument("--markdown", default=None, help="write the Markdown table here too")
-
-
-def run_benchmark(args):
-    if args.batch_size <= 0 or args.latency_batch_size <= 0 or args.repeats <= 0 or args.warmup < 0:
-        raise ValueError("--batch-size, --latency-batch-size and --repeats must be positive and "
-                         f"--warmup non-negative; got {args.batch_size}, {args.latency_batch_size}, "
-                         f"{args.repeats}, {args.warmup}.")
-    config = resolve_config(args.model, args.image_size, args.num_classes, args.config)
-    report = run_suite(config, args.batch_size, args.latency_batch_size, args.precision, args.peers,
-                       args.tasks, args.repeats, args.warmup, args.threads, args.optimizer, args.fast,
-                       args.tflite_modes, args.peak_tflops)
-    table = markdown_table(report)
-    print(table)
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(report, f, indent=1)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table)
-    return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m keras_vit.benchmark")
-    add_benchmark_arguments(parser)
-    sys.exit(run_benchmark(parser.parse_args()))

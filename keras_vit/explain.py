@@ -6,6 +6,7 @@ similarity and patch-embedding filters, as arrays and as PNG pictures.
     dist = keras_vit.explain.mean_attention_distance(model, images)   # (layers, heads), pixels
     sim = keras_vit.explain.position_embedding_similarity(model)      # (gh, gw, gh, gw), cosine
     keras_vit.explain.plot_patch_filters(model, "filters.png")        # paper Fig. 7 left
+    keras_vit.explain.plot_all(model, ["cat.jpg"], "explain/")        # all five, as the CLI does
 
 The model-level functions run an *attention probe*: a second functional model that re-calls the
 model's own layers (same weights) and returns every block's attention weights. The model itself
@@ -395,7 +396,8 @@ def _new_figure(width, height):
 
 
 def _save(figure, path):
-    """Writes `figure` as an RGB PNG (no alpha channel: 15% smaller for photo-like pictures)."""
+    """Writes `figure` as an RGB PNG (no alpha channel: the figure is opaque, so the fourth
+    channel only makes the file bigger)."""
     from PIL import Image
 
     path = os.fspath(path)
@@ -604,45 +606,25 @@ def plot_patch_filters(model, path="filters.png", num_components=None):
     return _save(figure, path)
 
 
-# --------------------------------------------------------------------------------------------
-# Command line: keras-vit explain MODEL IMAGE [IMAGE ...] --output DIR
+def plot_all(model, images, folder="explain", layer=-1, head_fusion="mean", discard_ratio=0.0):
+    """Writes the five pictures into `folder` and returns their paths, in this order:
+    rollout.png and heads.png (of the first image), distances.png (over all `images`),
+    position_similarity.png and filters.png. What `keras-vit explain` draws.
 
+    Checks the model, `layer` and the images before drawing anything.
 
-def add_explain_arguments(parser):
-    parser.add_argument("model", metavar="MODEL",
-                        help="a .keras file or a checkpoint (.npz, .safetensors, HF folder)")
-    parser.add_argument("images", nargs="+", metavar="IMAGE",
-                        help="image file(s): the first is explained; all feed the attention distances")
-    parser.add_argument("--output", default="explain", help="folder for the PNGs (default: explain/)")
-    parser.add_argument("--layer", type=int, default=-1,
-                        help="block whose per-head maps are drawn (default: -1, the last)")
-    parser.add_argument("--head-fusion", choices=HEAD_FUSIONS, default="mean",
-                        help="how rollout fuses the heads of a layer (default: mean)")
-    parser.add_argument("--discard-ratio", type=float, default=0.0,
-                        help="rollout: fraction of lowest attentions zeroed per layer (default: 0)")
-
-
-def run_explain(args):
-    from keras_vit.export import load_model
-
-    # Arguments first: a bad one should not cost a model load and the attention maps.
-    if not 0.0 <= args.discard_ratio < 1.0:
-        raise ValueError(f"--discard-ratio must be in [0, 1), got {args.discard_ratio}.")
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise NotADirectoryError(f"--output {args.output!r} is a file; expected a folder for the PNGs.")
-    model = load_model(args.model)
+    >>> keras_vit.explain.plot_all(model, ["cat.jpg", "dog.jpg"], "explain/")
+    ['explain/rollout.png', 'explain/heads.png', ...]
+    """
     _check_vit(model)
-    _layer_index(args.layer, model.num_layers)
-    images, _ = _image_batch(model, list(args.images))
-    first = images[:1]
-    written = [
-        plot_rollout(model, first, os.path.join(args.output, "rollout.png"), args.head_fusion,
-                     args.discard_ratio),
-        plot_attention_heads(model, first, os.path.join(args.output, "heads.png"), args.layer),
-        plot_attention_distances(model, images, os.path.join(args.output, "distances.png")),
-        plot_position_similarity(model, os.path.join(args.output, "position_similarity.png")),
-        plot_patch_filters(model, os.path.join(args.output, "filters.png")),
+    _layer_index(layer, model.num_layers)
+    batch, _ = _image_batch(model, images)
+    first = batch[:1]
+    folder = os.fspath(folder)
+    return [
+        plot_rollout(model, first, os.path.join(folder, "rollout.png"), head_fusion, discard_ratio),
+        plot_attention_heads(model, first, os.path.join(folder, "heads.png"), layer),
+        plot_attention_distances(model, batch, os.path.join(folder, "distances.png")),
+        plot_position_similarity(model, os.path.join(folder, "position_similarity.png")),
+        plot_patch_filters(model, os.path.join(folder, "filters.png")),
     ]
-    for path in written:
-        print(path)
-    return 0

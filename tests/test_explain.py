@@ -225,8 +225,12 @@ def test_model_level_functions_on_a_rectangular_model(rectangular_model, tmp_pat
     assert maps.shape == (2, 4, 97, 97)  # one image: no batch axis
     heat = explain.attention_rollout(model, image, head_fusion="max", discard_ratio=0.5)
     np.testing.assert_allclose(heat, explain.rollout(maps, (8, 12), 1, "max", 0.5))
-    np.testing.assert_allclose(explain.head_attention_maps(model, image, layer=0),
-                               maps[0, :, 0, 1:].reshape(4, 8, 12))
+    heads = explain.head_attention_maps(model, image, layer=0)
+    assert heads.shape == (4, 8, 12)
+    # The class token's row (query 0) over the patch columns: patch (3, 5) is token 1 + 3 * 12 + 5,
+    # and the row's rest (what the class token gives itself) is left out, so a head sums to 1 - that.
+    np.testing.assert_allclose(heads[:, 3, 5], maps[0, :, 0, 42])
+    np.testing.assert_allclose(heads.sum(axis=(1, 2)), 1.0 - maps[0, :, 0, 0], atol=1e-6)
     assert explain.mean_attention_distance(model, image[None]).shape == (2, 4)
     assert explain.position_embedding_similarity(model).shape == (8, 12, 8, 12)
     # A file path is read with the model's own size; a wrong size is an error, not a resize.
@@ -246,8 +250,11 @@ def test_gap_model_with_registers():
     assert maps.shape == (2, 4, 2 + 64, 2 + 64)
     np.testing.assert_allclose(explain.attention_rollout(model, image),
                                explain.rollout(maps, (8, 8), 2, from_class_token=False))
-    np.testing.assert_allclose(explain.head_attention_maps(model, image),
-                               maps[-1, :, 2:, 2:].mean(axis=1).reshape(4, 8, 8))
+    heads = explain.head_attention_maps(model, image)
+    # No class token: the mean over the 64 patch queries of the last block. Patch (2, 7) is token
+    # 2 + 2 * 8 + 7 = 25 (after the 2 registers).
+    np.testing.assert_allclose(heads[:, 2, 7], sum(maps[-1, :, q, 25] for q in range(2, 66)) / 64,
+                               rtol=1e-6)
 
 
 def test_plots_write_pngs(rectangular_model, tmp_path):

@@ -190,7 +190,7 @@ def test_fast_predictor_snapshot_and_errors():
 
 
 def test_fast_predictor_keeps_top1_on_real_photos(shared_data):
-    weights = pytest.importorskip("keras_vit.weights")
+    from keras_vit import weights
     from keras_vit.images import load_image
 
     model = weights.load_pretrained(os.path.join(shared_data, "deit_tiny_patch16_224"))

@@ -17,10 +17,12 @@ import sys
 COMMANDS = {
     "train": ("keras_vit.cli.train", "train a ViT (default: a small ViT on a built-in real dataset)"),
     "evaluate": ("keras_vit.cli.train", "evaluate a saved model on a dataset"),
-    "export": ("keras_vit.export", "export to SavedModel (TF Serving), TFLite/LiteRT or ONNX"),
-    "predict": ("keras_vit.predict", "top-k labels for images, from .keras, SavedModel, .tflite or .onnx"),
-    "explain": ("keras_vit.explain", "attention rollout, per-head maps, distances, filters as PNGs"),
-    "benchmark": ("keras_vit.benchmark", "speed and memory side by side with peer libraries"),
+    "export": ("keras_vit.cli.export", "export to SavedModel (TF Serving), TFLite/LiteRT or ONNX"),
+    "predict": ("keras_vit.cli.predict",
+                "top-k labels for images, from .keras, SavedModel, .tflite or .onnx"),
+    "explain": ("keras_vit.cli.explain", "attention rollout, per-head maps, distances, filters as PNGs"),
+    "benchmark": ("keras_vit.cli.benchmark",
+                  "speed, memory and MFU of keras_vit and its TFLite and ONNX exports"),
     "info": ("keras_vit.cli", "list the variants and registered weights, or describe a model"),
 }
 
@@ -78,8 +80,8 @@ def enable_onednn(environ=os.environ, modules=sys.modules, machine=None):
     unless the user set the variable or TensorFlow is already imported (it reads it at import).
 
     TensorFlow enables oneDNN by default only on CPUs with AVX512-VNNI/BF16 or AMX; on older x86
-    CPUs it falls back to Eigen. On AMD Zen 3 (AVX2 only), oneDNN made keras_vit ViT-S/16 float32
-    1.20x faster at batch-8 inference and 1.32x faster per training step (benchmarks/RESULTS.md).
+    CPUs it falls back to Eigen kernels, which were slower for keras_vit's inference and training
+    on an AVX2-only CPU (the A/B of benchmarks/onednn_ab.py, in benchmarks/RESULTS.md).
     Returns whether it set the variable."""
     machine = machine or platform.machine()
     if ("TF_ENABLE_ONEDNN_OPTS" in environ or "tensorflow" in modules

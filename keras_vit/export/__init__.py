@@ -33,10 +33,11 @@ with the LiteRT interpreter (`ai_edge_litert`); ONNX files are converted with tf
 ONNX Runtime. Both are checked against the Keras model on real images before anything is
 written (the parity gate: top-1 agreement and the cosine similarity of the embeddings): an
 export below `min_top1_agreement` or `min_embedding_cosine` raises `ExportAccuracyError` and
-writes nothing. Each format is one module with an `Exporter` (`keras_vit.export.cli.FORMATS`).
+writes nothing. Each format is one module with an `Exporter`; `FORMATS` lists them (the command line,
+`keras-vit export`, is `keras_vit.cli.export`).
 """
 
-from keras_vit.export.cli import FORMATS, add_export_arguments, run_export
+from keras_vit.export import onnx_format, saved_model_format, tflite_format
 from keras_vit.export.common import (
     MIN_EMBEDDING_COSINE,
     MIN_TOP1_AGREEMENT,
@@ -57,17 +58,20 @@ from keras_vit.export.saved_model_format import (
     saved_model,
 )
 from keras_vit.export.tflite_format import (
-    INT8_FLOAT_OPS,
     QUANTIZATIONS,
     run_tflite,
     tflite,
     tflite_runner,
 )
 
+# --format NAME -> Exporter; the first is the default. A new format is one module and one entry.
+FORMATS = {exporter.name: exporter for exporter in (
+    saved_model_format.EXPORTER, tflite_format.EXPORTER, onnx_format.EXPORTER)}
+
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "DEFAULT_TOP_K", "FORMATS", "INT8_FLOAT_OPS", "MIN_EMBEDDING_COSINE",
-    "MIN_TOP1_AGREEMENT", "QUANTIZATIONS", "ExportAccuracyError", "Exporter", "add_export_arguments",
-    "calibration_images", "format_report", "load_model", "naming_load_errors", "next_version",
-    "onnx", "onnx_metadata", "onnx_runner", "resolve_labels", "run_export", "run_onnx", "run_tflite",
+    "DEFAULT_MAX_PIXELS", "DEFAULT_TOP_K", "FORMATS", "MIN_EMBEDDING_COSINE",
+    "MIN_TOP1_AGREEMENT", "QUANTIZATIONS", "ExportAccuracyError", "Exporter", "calibration_images",
+    "format_report", "load_model", "naming_load_errors", "next_version", "onnx", "onnx_metadata",
+    "onnx_runner", "resolve_labels", "run_onnx", "run_tflite",
     "saved_model", "serving_formats", "tflite", "tflite_runner",
 ]

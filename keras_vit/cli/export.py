@@ -1,11 +1,10 @@
-"""`keras-vit export`: one command over the formats of `FORMATS`, each an `Exporter`."""
+"""`keras-vit export`: one command over the formats of `keras_vit.export.FORMATS`, each an `Exporter`.
 
-from keras_vit.export import common, onnx_format, saved_model_format, tflite_format
+Parsing only; each format's `Exporter` adds its own options and runs its export.
+"""
+
+from keras_vit.export import FORMATS, common
 from keras_vit.images import DEFAULT_CROP_PCT
-
-# --format NAME -> Exporter; the first is the default. A new format is one module and one entry.
-FORMATS = {exporter.name: exporter for exporter in (
-    saved_model_format.EXPORTER, tflite_format.EXPORTER, onnx_format.EXPORTER)}
 
 
 def add_export_arguments(parser):
