@@ -26,11 +26,13 @@ setup(
         # Test-only references. torch is pinned to the CPU build these machines provide: an
         # unpinned torch pulls gigabytes of CUDA packages.
         "test": ["pytest", "torch==2.13.0", "transformers", "jax[cpu]", "tensorflow-serving-api", "scipy",
-                 "huggingface_hub", "onnx", "onnxruntime", "tf2onnx"],
+                 "huggingface_hub", "onnx", "onnxruntime", "tf2onnx", "ai-edge-quantizer"],
         # keras_vit.export.onnx and `keras-vit export --format onnx` (tested on onnx 1.23,
         # onnxruntime 1.32, tf2onnx 1.17).
         "onnx": ["onnx>=1.16", "onnxruntime>=1.17", "tf2onnx>=1.17"],
-        # hf://ORG/NAME[@REVISION] weights (keras_vit.hub); tested on huggingface_hub 0.23 and 2.4.
+        # quantization="int8" / `--quantize int8` TFLite files (tested on ai-edge-quantizer 0.10).
+        "quantize": ["ai-edge-quantizer>=0.10"],
+        # hf://ORG/NAME[@REVISION] weights (keras_vit.weights.hub); tested on huggingface_hub 0.23 and 2.4.
         "hub": ["huggingface_hub>=0.23"],
         "benchmark": ["keras-hub", "torch==2.13.0", "transformers"],  # timm (GPU runs) needs torchvision: install it by hand there
         # The gRPC client of examples/serving_client.py.

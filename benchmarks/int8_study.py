@@ -28,6 +28,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -75,6 +76,24 @@ def configurations():
         "aeq 16x8 FC, 8 calibration images": dict(mode="aeq", aeq=fc16, calibration=8),
         "aeq 16x8 all ops": dict(mode="aeq", aeq=[("*", 16)]),
         "aeq int8 weights only": dict(mode="aeq", aeq=[("*", None)]),
+        "aeq GPTQ int8 weights only": dict(mode="aeq", aeq=[("FULLY_CONNECTED", None), ("CONV_2D", None)],
+                                           algorithm="GPTQ"),
+        "aeq GPTQ 16x8 FC": dict(mode="aeq", aeq=fc16, algorithm="GPTQ"),
+        "aeq GPTQ int8 FC": dict(mode="aeq", aeq=[("FULLY_CONNECTED", 8), ("CONV_2D", "dynamic")],
+                                 algorithm="GPTQ"),
+        "aeq int8 FC, fc2 16x8, float head": dict(mode="aeq", aeq=[("FULLY_CONNECTED", 8), ("CONV_2D", "dynamic")],
+                                                  float_head=True, fc16_scopes=["fc2"]),
+        "aeq int8 FC, fc1+fc2 16x8, float head": dict(
+            mode="aeq", aeq=[("FULLY_CONNECTED", 8), ("CONV_2D", "dynamic")], float_head=True,
+            fc16_scopes=["fc1", "fc2"]),
+        "aeq int8 weights only, blockwise 32": dict(mode="aeq", aeq=[("FULLY_CONNECTED", None), ("CONV_2D", None)],
+                                                    granularity="BLOCKWISE_32"),
+        "aeq int8 weights only, float head": dict(mode="aeq", aeq=[("*", None)], float_head=True),
+        "aeq int8 FC, float head": dict(mode="aeq", aeq=[("FULLY_CONNECTED", 8), ("CONV_2D", "dynamic")],
+                                        float_head=True),
+        "aeq 16x8 FC, float head": dict(mode="aeq", aeq=fc16, float_head=True),
+        "aeq 16x8 FC, float head, per-tensor weights": dict(mode="aeq", aeq=fc16, float_head=True,
+                                                            per_tensor=True),
     }
 
 
@@ -170,22 +189,48 @@ def _convert_aeq(config, float_tflite, calibration):
     from ai_edge_quantizer import qtyping, quantizer
 
     granularity = qtyping.QuantGranularity.TENSORWISE if config.get("per_tensor") else \
-        qtyping.QuantGranularity.CHANNELWISE
+        qtyping.QuantGranularity(config.get("granularity", "CHANNELWISE"))
     qt = quantizer.Quantizer(float_tflite)
     for op, bits in config["aeq"]:
+        # GPTQ (error-compensating weight rounding from calibration activations) exists for
+        # FULLY_CONNECTED only; other ops keep min/max rounding.
+        algorithm = config.get("algorithm", "min_max_uniform_quantize") if op == "FULLY_CONNECTED" \
+            else "min_max_uniform_quantize"
         op = qtyping.TFLOperationName(op)
         if bits is None:  # int8 weights, float compute: the error of the weights alone
-            qt.add_weight_only_config(".*", op, num_bits=8)
+            qt.add_weight_only_config(".*", op, num_bits=8, granularity=granularity,
+                                      algorithm_key=algorithm)
         elif bits == "dynamic":
-            qt.add_dynamic_config(".*", op, num_bits=8)
+            qt.add_dynamic_config(".*", op, num_bits=8, algorithm_key=algorithm)
         else:
             qt.add_static_config(".*", op, activation_num_bits=bits, weight_num_bits=8,
-                                 weight_granularity=granularity)
+                                 weight_granularity=granularity, algorithm_key=algorithm)
+    for scope in config.get("fc16_scopes", []):  # these dense layers get 16-bit activations
+        qt.add_static_config(scope, qtyping.TFLOperationName("FULLY_CONNECTED"), activation_num_bits=16,
+                             weight_num_bits=8)
+    if config.get("float_head"):
+        # The classifier head (the fully-connected ops whose outputs are the model's outputs)
+        # stays float: its weights alone move the logits of close calls.
+        for name in head_tensor_names(float_tflite):
+            qt.update_quantization_recipe(f"^{re.escape(name)};", qtyping.TFLOperationName("FULLY_CONNECTED"),
+                                          algorithm_key="no_quantize")
     if not qt.need_calibration:
         return bytes(qt.quantize(enable_progress_report=False).quantized_model)
     result = qt.calibrate({"serving_default": [{"images": x[None].astype("float32")} for x in calibration]},
                           num_threads=2)
     return bytes(qt.quantize(result, enable_progress_report=False).quantized_model)
+
+
+def head_tensor_names(float_tflite):
+    """Output tensor names of the FULLY_CONNECTED ops that produce a model output."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    key = "model_content" if isinstance(float_tflite, bytes) else "model_path"
+    it = Interpreter(**{key: float_tflite})
+    outputs = {d["index"] for d in it.get_output_details()}
+    names = {t["index"]: t["name"] for t in it.get_tensor_details()}
+    return [names[o["outputs"][0]] for o in it._get_ops_details()
+            if o["op_name"] == "FULLY_CONNECTED" and o["outputs"][0] in outputs]
 
 
 def cached(path, make):
@@ -346,7 +391,8 @@ def evaluate(name, config, data, reference, saved_model, float_tflite, cache, th
     """Both folds' files for one configuration; scores on the held-out fold only."""
     import tensorflow as tf
 
-    static = config["mode"] == "int8" or any(bits in (8, 16) for _, bits in config.get("aeq", []))
+    static = config["mode"] == "int8" or config.get("algorithm") == "GPTQ" or any(
+        bits in (8, 16) for _, bits in config.get("aeq", []))
     folds = [0, 1] if static else [None]
     preds = {"photos": np.zeros_like(reference["photos"]), "views": np.zeros_like(reference["views"]),
              "cifar": np.zeros_like(reference["cifar"])}

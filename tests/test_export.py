@@ -1,10 +1,11 @@
 """SavedModel (TF Serving) and TFLite/LiteRT export, checked against the Keras model and NumPy."""
 
+import glob
+import importlib.util
 import io
 import json
 import os
 import re
-import resource
 import struct
 import subprocess
 import sys
@@ -209,8 +210,20 @@ def _many_frame_gif(frames, size):
     return data[:blocks] + data[blocks:-1] * frames + b";"
 
 
-def _max_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def _reset_peak_rss():
+    """Resets this process's resident-memory high-water mark (VmHWM), so the next reading is the
+    peak of what runs after it, not of an earlier test (ru_maxrss never goes down)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pytest.skip("needs Linux's /proc/self/clear_refs to measure a peak in-process")
+    return _peak_rss_mb()
+
+
+def _peak_rss_mb():
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) / 1024
 
 
 GOOD_PNG = _png_bytes(np.full((40, 50, 3), 7, "uint8"))
@@ -249,12 +262,12 @@ def test_serving_refuses_a_decompression_bomb_before_decoding(bytes_signature):
         Image.open(io.BytesIO(bomb))
     signature = bytes_signature
     signature(image_bytes=tf.constant([GOOD_PNG]))  # traced and warm: growth below is the bomb's
-    before = _max_rss_mb()
+    before = _reset_peak_rss()
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=r"image 2 of the batch declares 23000x23000 = 529000000 pixels, over "
                              r"the serving limit of 50000000 pixels \(max_pixels"):
         signature(image_bytes=tf.constant([GOOD_PNG, GOOD_PNG, bomb]))
-    assert _max_rss_mb() - before < 500  # decoding it takes 1.6 GB
+    assert _peak_rss_mb() - before < 500  # decoding it takes 1.6 GB
 
 
 @pytest.fixture(scope="module")
@@ -303,9 +316,9 @@ def test_animated_gif_decodes_its_first_frame_only(bytes_signature):
     # 500 frames of 2000x2000 in 2 MB: TF's decoder reads every frame it is given (2 GB).
     bomb = _many_frame_gif(500, 2000)
     assert len(bomb) < 3_000_000 and Image.open(io.BytesIO(bomb)).n_frames == 500
-    before = _max_rss_mb()
+    before = _reset_peak_rss()
     signature(image_bytes=tf.constant([bomb]))
-    assert _max_rss_mb() - before < 500
+    assert _peak_rss_mb() - before < 500
 
 
 def test_animated_webp_is_refused_without_crashing(bytes_signature):
@@ -569,6 +582,50 @@ def test_tflite_modes_against_keras(tiny_model, tmp_path, quantization, atol):
         assert 0 < report["max_abs_logit_diff"] < 0.2 * np.abs(expected).max()
 
 
+def _op_dtypes(path):
+    """[(op name, input dtype, weight dtype)] of a .tflite file's dense and convolution ops."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path)
+    tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
+    producers = {op["outputs"][0]: op for op in interpreter._get_ops_details()}
+
+    def weight_dtype(index):  # a weight read through a DEQUANTIZE op is stored in its input's type
+        op = producers.get(index)
+        return weight_dtype(op["inputs"][0]) if op and op["op_name"] == "DEQUANTIZE" else tensors[index]["dtype"]
+
+    return [(op["op_name"], np.dtype(tensors[op["inputs"][0]]["dtype"]).name,
+             np.dtype(weight_dtype(op["inputs"][1])).name)
+            for op in interpreter._get_ops_details() if op["op_name"] in ("FULLY_CONNECTED", "CONV_2D")]
+
+
+def test_int8_recipe_quantises_the_dense_layers_and_keeps_the_head_float(tiny_model, tmp_path):
+    calibration = random_images(8, 32, seed=4)
+    path = str(tmp_path / "int8.tflite")
+    export.tflite(tiny_model, path, quantization="int8", calibration_data=calibration, verbose=False)
+    ops = _op_dtypes(path)
+    dense = [op for op in ops if op[0] == "FULLY_CONNECTED"]
+    # TINY: 2 blocks x (qkv, attention output, fc1, fc2), then the head.
+    assert len(dense) == 2 * 4 + 1
+    assert dense[:-1] == [("FULLY_CONNECTED", "int16", "int8")] * 8  # "16x8"
+    assert dense[-1] == ("FULLY_CONNECTED", "float32", "float32")  # the head
+    assert ops[0] == ("CONV_2D", "float32", "int8")  # patch embedding, inputs quantised at run time
+    float_size = export.tflite(tiny_model, str(tmp_path / "float.tflite"), evaluation_data=calibration,
+                               verbose=False)["size_bytes"]
+    assert os.path.getsize(path) < 0.5 * float_size
+
+
+def test_int8_without_ai_edge_quantizer_says_what_to_install(tiny_model, tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ai_edge_quantizer" else real(name, *a))
+    with pytest.raises(ImportError, match=r"needs ai-edge-quantizer: pip install "
+                                          r"'keras-vision-transformer\[quantize\]'"):
+        export.tflite(tiny_model, str(tmp_path / "x.tflite"), quantization="int8",
+                      calibration_data=random_images(2, 32))
+    assert os.listdir(tmp_path) == []
+
+
 def test_tflite_sizes_shrink_with_quantization(tiny_model, tmp_path):
     with pytest.warns(UserWarning, match="random-noise"):
         sizes = {q: export.tflite(tiny_model, str(tmp_path / f"{q}.tflite"), quantization=q,
@@ -828,3 +885,29 @@ def test_serving_client_requests_run_against_the_signatures(tiny_model, exported
         client.print_response("check", [path], response)
         assert tf.make_ndarray(response.outputs["top_k_indices"])[0, 0] == expected.argmax()
     assert capsys.readouterr().out.count(LABELS[int(expected.argmax())]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_deit_tiny_int8_keeps_top1_on_held_out_photos(shared_data, tmp_path):
+    # Calibrated on half of the shared photos (and their mirror images), judged on the other half:
+    # 14 of 15 keep the float top-1 (the one flip, horse.png, has its two best logits 0.035 apart
+    # and flips under any int8 weights; the previous recipe kept 89.7% of the photos in
+    # benchmarks/int8_study.py) and the embeddings stay close to Keras's (it: mean cosine 0.86).
+    checkpoint = os.path.join(shared_data, "deit_tiny_patch16_224")
+    model = keras_vit.load_pretrained(checkpoint)
+    photos = sorted(glob.glob(os.path.join(shared_data, "imagenet20", "*.jpg"))) + sorted(
+        glob.glob(os.path.join(shared_data, "images", "*")))
+    pixels = np.stack([load_image(p, 224) for p in photos])
+    calibration, held_out = pixels[1::2], pixels[0::2].astype("float32")
+    calibration = np.concatenate([calibration, calibration[:, :, ::-1]])
+    report = export.tflite(model, str(tmp_path / "deit_int8.tflite"), quantization="int8",
+                           calibration_data=calibration, evaluation_data=held_out, verbose=False)
+    assert report["num_images"] == len(held_out) == 15 and report["evaluated_on"] == "images"
+    litert = _litert_logits(report["path"], held_out).argmax(-1)
+    keras_top1 = model.predict(held_out, verbose=0).argmax(-1)
+    assert np.sum(litert == keras_top1) >= 14
+    assert report["embedding_cosine"] > 0.995 and report["lowest_embedding_cosine"] > 0.98
+    labelled = [i for i, p in enumerate(photos[0::2]) if "imagenet20" in p]
+    truth = [int(os.path.splitext(os.path.basename(photos[0::2][i]))[0].split("_")[2]) for i in labelled]
+    assert np.sum(litert[labelled] == truth) >= np.sum(keras_top1[labelled] == truth)  # accuracy kept

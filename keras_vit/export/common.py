@@ -15,16 +15,13 @@ from keras_vit.images import DEFAULT_CROP_PCT, IMAGE_EXTENSIONS
 logger = logging.getLogger(__name__)
 
 # The parity gate's defaults: lowest agreement of an exported file with the Keras model on real
-# images, per numeric mode of the file (None: float32, as TFLite's default and ONNX store it).
-# Top-1: measured on DeiT-Tiny and 29 real photos (docs/serving.md): float32 100%, float16 100%,
-# dynamic 96.6%, int8 93.1% (naive full int8: 86.2%). float32/float16 only round; the int8 modes
-# flip the top-1 of images whose two best classes are close, hence the margins.
-MIN_TOP1_AGREEMENT = {None: 0.99, "float16": 0.95, "dynamic": 0.85, "int8": 0.8}
-# Mean cosine similarity of an image's exported and Keras embeddings, on the same photos
-# (docs/serving.md; classifier and include_top=False alike, lowest image in brackets): float32
-# 1 - 1e-11 (TFLite and ONNX), float16 0.9999996 (0.9999992), dynamic 0.9990 (0.9964), int8
-# 0.862 (0.567) with today's int8 recipe. A float32 file below 0.9999 computes something else.
-MIN_EMBEDDING_COSINE = {None: 0.9999, "float16": 0.999, "dynamic": 0.98, "int8": 0.8}
+# images, per numeric mode of the file (None: float32, as TFLite's default and ONNX store it),
+# set below what each mode measures on DeiT-Tiny and the 29 shared photos (docs/serving.md).
+# float32/float16 only round; the int8 modes flip the top-1 of images whose two best classes are
+# close, hence their margins. A float32 file below a cosine of 0.9999 computes something else.
+MIN_TOP1_AGREEMENT = {None: 0.99, "float16": 0.95, "dynamic": 0.85, "int8": 0.85}
+# Mean (over the images) cosine similarity of an image's exported and Keras embeddings.
+MIN_EMBEDDING_COSINE = {None: 0.9999, "float16": 0.999, "dynamic": 0.98, "int8": 0.98}
 EVALUATION_BATCH = 16  # images per reference forward pass: bounds the memory of large models
 
 
@@ -39,7 +36,7 @@ class ExportAccuracyError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Exporter:
     """One export format as `keras-vit export --format NAME` runs it. A new format is one module
-    that defines its export function and an `EXPORTER`, listed in `keras_vit.export.cli.FORMATS`.
+    that defines its export function and an `EXPORTER`, listed in `keras_vit.export.FORMATS`.
 
     `add_arguments(group)` adds the format's own options; `options` names every `args` attribute
     the format reads beyond the model, `--format`, `--output` and `--crop-pct` (shared ones too),

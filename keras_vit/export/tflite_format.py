@@ -1,6 +1,8 @@
 """TFLite / LiteRT files, converted through a SavedModel, quantised, checked against Keras."""
 
+import importlib.util
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -8,9 +10,7 @@ import numpy as np
 from keras_vit.export import common
 
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
-# TFLite ops kept in float by quantization="int8": LayerNorm (MEAN, SQUARED_DIFFERENCE, RSQRT),
-# softmax and the residual/position-embedding adds.
-INT8_FLOAT_OPS = ("MEAN", "SQUARED_DIFFERENCE", "RSQRT", "SOFTMAX", "ADD")
+QUANTIZE_EXTRA = "pip install 'keras-vision-transformer[quantize]'"
 
 
 def _outputs_saved_model(model, directory):
@@ -31,29 +31,60 @@ def _convert(converter, quantization, calibration):
     """Runs the TFLite converter with the options of `quantization`; returns the flatbuffer."""
     import tensorflow as tf
 
-    if quantization is None:
-        return converter.convert()
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quantization == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    if quantization != "int8":
+    if quantization == "int8":
+        return _int8(converter.convert(), calibration)
+    if quantization is not None:
         # "dynamic": Optimize.DEFAULT alone stores int8 weights; activations stay float.
-        return converter.convert()
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantization == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+    return converter.convert()
 
-    def representative_dataset():
-        for image in calibration:
-            yield {"images": image[None]}
 
-    converter.representative_dataset = representative_dataset
-    # Naive full int8 flips many of a ViT's predictions (LayerNorm inputs and the residual stream
-    # have outliers that one int8 scale cannot hold). Keeping LayerNorm, softmax and the residual
-    # adds in float measured best on DeiT-Tiny (docs/serving.md); the matmuls, i.e. nearly all
-    # the compute and weights, stay int8. int16 activations ("16x8") fail at run time: LiteRT has
-    # no int16 SQUARED_DIFFERENCE kernel.
-    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=INT8_FLOAT_OPS)
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=representative_dataset, debug_options=options)
-    return debugger.get_nondebug_quantized_model()
+def _int8(float_content, calibration):
+    """Quantises a float32 `.tflite` flatbuffer with ai-edge-quantizer, calibrated on
+    `calibration` (float32 `(n, H, W, 3)` raw pixels); returns the int8 flatbuffer.
+
+    The recipe, chosen in benchmarks/int8_study.py on the real DeiT-Tiny (docs/serving.md):
+    every dense layer (qkv, attention output, MLP) gets int8 per-channel weights and int16
+    activations ("16x8"); the patch-embedding (and a hybrid's ResNet) convolutions int8 weights
+    with dynamically quantised inputs; the classifier head and LayerNorm, softmax, the attention
+    matmuls and the residual adds stay float. A ViT's activations have outliers (the residual
+    stream, GELU and softmax outputs) that one 8-bit scale cannot hold: int8 activations in the
+    dense layers flip several times more predictions; the head's int8 weights alone move the
+    logits of close calls.
+    """
+    import contextlib
+    import io
+
+    try:
+        from ai_edge_quantizer import qtyping, quantizer
+    except ImportError:
+        raise ImportError(f"quantization='int8' needs ai-edge-quantizer: {QUANTIZE_EXTRA}") from None
+
+    dense = qtyping.TFLOperationName.FULLY_CONNECTED
+    qt = quantizer.Quantizer(bytearray(float_content))
+    qt.add_static_config(".*", dense, activation_num_bits=16, weight_num_bits=8)
+    qt.add_dynamic_config(".*", qtyping.TFLOperationName.CONV_2D, num_bits=8)
+    for name in _head_outputs(float_content):
+        # An op's scope is its output tensor names, each followed by ";".
+        qt.update_quantization_recipe(f"^{re.escape(name)};", dense, algorithm_key="no_quantize")
+    samples = [{"images": image[None].astype("float32")} for image in calibration]
+    with contextlib.redirect_stderr(io.StringIO()):  # its progress bars
+        result = qt.calibrate({"serving_default": samples}, num_threads=max(1, os.cpu_count() or 1))
+        return bytes(qt.quantize(result, enable_progress_report=False).quantized_model)
+
+
+def _head_outputs(content):
+    """Output tensor names of the dense layers whose output is a model output (the classifier
+    head, `logits`); none for a feature extractor."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=bytes(content))
+    outputs = {d["index"] for d in interpreter.get_output_details()}
+    names = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
+    return [names[op["outputs"][0]] for op in interpreter._get_ops_details()
+            if op["op_name"] == "FULLY_CONNECTED" and op["outputs"][0] in outputs]
 
 
 def tflite_runner(path_or_content, num_threads=None):
@@ -111,8 +142,9 @@ def tflite(model, path, quantization=None, calibration_data=None, evaluation_dat
 
     Args:
         quantization: None (float32), `"float16"` (float16 weights), `"dynamic"` (int8 weights,
-            float activations) or `"int8"` (int8 weights and activations calibrated on
-            `calibration_data`, with LayerNorm, softmax and residual adds kept in float).
+            float activations) or `"int8"` (int8 weights with int16 activations in the dense
+            layers, calibrated on `calibration_data`; the head, LayerNorm, softmax and the
+            attention matmuls stay float; needs ai-edge-quantizer, see `_int8`).
         calibration_data: a folder of images, a NumPy array or a tf.data.Dataset of raw [0, 255]
             images; required for `"int8"`.
         evaluation_data: images to compare the TFLite and Keras outputs on (same forms); default
@@ -144,6 +176,8 @@ def tflite(model, path, quantization=None, calibration_data=None, evaluation_dat
         quantization = None
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"Unknown quantization {quantization!r}: expected one of {list(QUANTIZATIONS)}.")
+    if quantization == "int8" and importlib.util.find_spec("ai_edge_quantizer") is None:
+        raise ImportError(f"quantization='int8' needs ai-edge-quantizer: {QUANTIZE_EXTRA}")
     if quantization == "int8" and calibration_data is None:
         raise ValueError("quantization='int8' needs calibration_data: a folder of images, a NumPy "
                          "array or a tf.data.Dataset of representative images.")
