@@ -171,8 +171,8 @@ def from_directory(path, image_size=224, batch_size=64, training=False, class_na
     in a warning.
 
     Counts: with `verify_files=True` every file is decoded once, with the decoder the pipeline
-    uses, in a thread pool (measured 1.1 ms per 512x512 JPEG on 2 CPU cores, up to 3 ms on busy
-    ones: 10-30 s per 10,000 photos). Files that fail, and BMPs/GIFs that TensorFlow decodes
+    uses, in a thread pool (a full decode is the only check that matches what the pipeline will
+    do; its cost is in benchmarks/RESULTS.md). Files that fail, and BMPs/GIFs that TensorFlow decodes
     differently from Pillow, are skipped with one warning that counts them and names each with
     the reason. The counts then hold: `dataset.cardinality()` (batches), `cardinality_examples`
     and `file_paths` (the files read, in folder order) are what the dataset yields. A file that
@@ -647,9 +647,10 @@ def _decode_random_crop(encoded, seed, area_range, aspect_ratio_range):
 
 
 def _resize(image, size, interpolation):
-    # Antialiasing matches Pillow when shrinking; bicubic overshoots, hence the clip.
+    # Antialiasing matches Pillow when shrinking; bicubic overshoots, hence the clip. "nearest"
+    # keeps the input's dtype (uint8 from a decoder): cast, so every method gives float32.
     image = tf.image.resize(image, size, method=interpolation, antialias=True)
-    return tf.clip_by_value(image, 0.0, 255.0)
+    return tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 255.0)
 
 
 def center_crop(image, image_size, crop_pct=DEFAULT_CROP_PCT, interpolation="bicubic"):

@@ -3,8 +3,8 @@
     predict = keras_vit.inference.fast_predictor(model)   # bfloat16 where native, else float32
     logits = predict(images)        # raw [0, 255] pixels (batch, H, W, 3) -> float32 NumPy logits
 
-Why it is faster than `model.predict_on_batch` under a `mixed_bfloat16` policy (measured on 2 Zen 5
-cores, ViT-S/16 batch 8: about 1.5x; see benchmarks/RESULTS.md):
+Why it is faster than `model.predict_on_batch` under a `mixed_bfloat16` policy (benchmarks/RESULTS.md
+has the measurements):
 - the weights are cast to bfloat16 once, here, instead of on every call;
 - the input normalisation is folded into the patch projection, the LayerNorm scale/shift into the
   matmul that follows it, LayerScale into the matmul before it, and 1/sqrt(head_dim) into the
@@ -127,8 +127,8 @@ def fast_predictor(model, precision="auto", backend_hint=None):
         precision: `"bfloat16"` (bfloat16 weights and matmuls; LayerNorm statistics and softmax
             accumulation in float32), `"float32"`, or `"auto"` (default): bfloat16 where it is
             native (`native_bfloat16()`: GPUs, CPUs with AVX512-BF16/AMX/Arm BF16), float32 on
-            other CPUs, where emulated bfloat16 is slower (measured 1.3x slower than float32 for
-            ViT-S/16 on AMD Zen 3). The choice is logged. Asking for `"bfloat16"` on such a CPU
+            other CPUs, where emulated bfloat16 is slower than float32 (benchmarks/RESULTS.md).
+            The choice is logged. Asking for `"bfloat16"` on such a CPU
             warns once.
         backend_hint: None picks the fastest known way for the current Keras backend and device;
             `"graph"` (tf.function without XLA; jax.jit on JAX), `"xla"` (XLA / jax.jit) or
@@ -313,8 +313,8 @@ def _make_forward(config, precision):
         if tf is not None:
             # MatMul + BiasAdd (+ Gelu) on 2-D tensors is the pattern TensorFlow's oneDNN remapper
             # fuses into one kernel. With AddV2, or the GELU computed apart, they run as separate
-            # passes, and bfloat16 erf alone is slower than the matmul (measured on ViT-S/16 fc1,
-            # batch 8: fused 7.1 ms against 9.7 ms with a float32 GELU, 30 ms with a bf16 one).
+            # passes, and bfloat16 erf alone is slower than the matmul (benchmarks/RESULTS.md,
+            # "Numbers behind the code").
             y = tf.nn.bias_add(tf.matmul(x, kernel), bias)
             return tf.nn.gelu(y, approximate=False) if gelu else y
         y = ops.matmul(x, kernel) + bias

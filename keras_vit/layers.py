@@ -463,7 +463,7 @@ class MLPBlock(keras.layers.Layer):
     def call(self, x, training=None):
         h = self.fc1(x)
         # Exact GELU in float32 under 16-bit policies: more accurate, and TF's bfloat16 erf is
-        # slower on CPU than the cast round trip (fc1 of ViT-S/16: 13.8 ms vs 6.0 ms).
+        # slower on CPU than the cast round trip (benchmarks/RESULTS.md, "Numbers behind the code").
         x = ops.cast(keras.activations.gelu(ops.cast(h, "float32"), approximate=False), h.dtype)
         x = self.dropout(x, training=training)
         return self.dropout(self.fc2(x), training=training)

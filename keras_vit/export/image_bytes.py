@@ -11,27 +11,15 @@ from keras_vit.images import IMAGE_EXTENSIONS
 
 def resize_and_crop(image, height, width, crop_pct, interpolation):
     """One decoded uint8 (H, W, 3) image -> float32 (height, width, 3) in [0, 255], as
-    `images.load_image` does: short side resized to size / crop_pct, centre crop (crop_pct=1:
-    plain resize), rounded."""
+    `images.load_image` does: the pipelines' one TF crop (`data.center_crop`), then rounded as
+    load_image's uint8 pixels are, so both paths see the same pixels."""
     import tensorflow as tf
+
+    from keras_vit.data import center_crop
 
     # Resized straight from uint8 (the resize computes in float32 either way): a float32 copy of
     # the full image would take 4 bytes a pixel more at the peak.
-    size = tf.cast(tf.shape(image)[:2], tf.float64)
-    # Pillow's bicubic/bilinear filters widen when shrinking; TF's antialias=True does the same.
-    resize = dict(method=interpolation, antialias=interpolation != "nearest")
-    if crop_pct == 1.0:
-        image = tf.image.resize(image, (height, width), **resize)
-    else:
-        scale = max(height, width) / crop_pct / tf.reduce_min(size)
-        # tf.round rounds half to even, like Python's round() in load_image.
-        new_h = tf.maximum(height, tf.cast(tf.round(size[0] * scale), tf.int32))
-        new_w = tf.maximum(width, tf.cast(tf.round(size[1] * scale), tf.int32))
-        image = tf.image.resize(image, tf.stack([new_h, new_w]), **resize)
-        top, left = (new_h - height) // 2, (new_w - width) // 2
-        image = image[top:top + height, left:left + width]
-    # load_image returns uint8: round and clip the same way so both paths see the same pixels.
-    image = tf.cast(image, tf.float32)
+    image = center_crop(image, (height, width), crop_pct, interpolation)
     return tf.ensure_shape(tf.clip_by_value(tf.round(image), 0.0, 255.0), (height, width, 3))
 
 
@@ -181,8 +169,8 @@ def _gif_header(data):
         block_pos = tf.where(is_extension, pos + 2, pos + 11 + color_table(byte(pos + 9)))
         block_stage = tf.where(is_extension, in_extension, tf.where(is_image, in_image, malformed))
         # Inside sub-blocks `code` is the next sub-block's length, and 0 ends the chain. Encoders
-        # write full 255-byte sub-blocks: skip up to 64 of them a step (one step per sub-block
-        # took 1 s for an 8 MB GIF).
+        # write full 255-byte sub-blocks: skip up to 64 of them a step, so a large GIF's header
+        # scan stays a small fraction of a request (one step per sub-block did not).
         full = tf.cast(tf.not_equal(byte(pos + 256 * tf.range(64, dtype=tf.int64)), 255), tf.int64)
         full = tf.argmax(tf.concat([full, [1]], axis=0))  # leading full sub-blocks, 0 to 64
         sub_pos = tf.where(full > 0, pos + 256 * full, pos + code + 1)

@@ -179,7 +179,7 @@ class TerminateOnNaN(keras.callbacks.TerminateOnNaN):
 class TrainingCurves(keras.callbacks.Callback):
     """Plots loss and accuracy per epoch from `history.csv` (so a resumed run's curves include the
     epochs before the interruption) into a PNG: at epoch ends, at most every `min_interval`
-    seconds (a plot costs ~0.3 s, too much for runs of 1-second epochs), and at the end."""
+    seconds (a plot costs more than a short epoch of a small run), and at the end."""
 
     def __init__(self, history_path, png_path, min_interval=10.0):
         super().__init__()
