@@ -127,6 +127,9 @@ class VisionTransformer(keras.Model):
         super().__init__(inputs=images, outputs=x, name=name or "vit", dtype=dtype,
                          trainable=trainable)
         self.config = config
+        # A functional Model keeps no dtype policy of its own (its dtype_policy reads float32):
+        # remember the one the layers were built with, so get_config / .keras keep it.
+        self._layers_policy = policy
         # Every field is an attribute too (`model.image_size`, `model.pooling`, ...).
         for key in FIELDS:
             setattr(self, key, getattr(config, key))
@@ -149,7 +152,7 @@ class VisionTransformer(keras.Model):
             config["classifier_activation"] = keras.activations.serialize(
                 keras.activations.get(config["classifier_activation"]))
         return {**config, "name": self.name, "trainable": self.trainable,
-                "dtype": keras.dtype_policies.serialize(self.dtype_policy)}
+                "dtype": keras.dtype_policies.serialize(self._layers_policy or self.dtype_policy)}
 
     @classmethod
     def from_config(cls, config):

@@ -198,6 +198,20 @@ def test_mixed_precision_forward_and_backward(tiny_config, policy):
     assert all(changed), "every variable gets a gradient update"
 
 
+def test_a_model_built_with_a_mixed_dtype_keeps_it_through_config_and_keras_file(tiny_config, tmp_path):
+    model = keras_vit.ViT(**tiny_config, dtype="mixed_bfloat16")  # the global policy stays float32
+    assert model.get_config()["dtype"]["config"]["name"] == "mixed_bfloat16"
+    path = str(tmp_path / "mixed.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    for name in ("patch_embedding", "encoderblock_1", "encoder_norm"):
+        assert loaded.get_layer(name).compute_dtype == "bfloat16", name
+    assert loaded.get_layer("head").compute_dtype == "float32"
+    images = random_images(2, 32)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(images)),
+                                  keras.ops.convert_to_numpy(model(images)))
+
+
 def test_blocks_can_be_tapped(tiny_config):
     model = keras_vit.ViT(**tiny_config)
     taps = keras.Model(model.input, [model.get_layer(f"encoderblock_{i}").output for i in range(2)])
