@@ -124,6 +124,13 @@ class VisionTransformer(keras.Model):
                                    name="pre_logits")(x)
         if c.include_top:
             x = _heads(c, x, tokens, policy)
+        elif c.distilled and c.distillation_head:
+            # A feature extractor of DeiT's two-head model: the mean of the two tokens the heads
+            # read, timm's `forward_head(pre_logits=True)` and the classifier's exported
+            # `embeddings`. (distillation_head=False reads the class token alone, as HF's.)
+            distillation = L.TokenPooling("token", c.num_prefix_tokens, token_index=1, dtype=policy,
+                                          name="distillation_pooling")(tokens)
+            x = keras.layers.Average(dtype=policy, name="features")([x, distillation])
         super().__init__(inputs=images, outputs=x, name=name or "vit", dtype=dtype,
                          trainable=trainable)
         self.config = config
