@@ -149,6 +149,16 @@ def fast_predictor(model, precision="auto", backend_hint=None):
     config = getattr(model, "config", None)
     if not isinstance(config, ModelConfig):
         raise ValueError(f"fast_predictor needs a keras_vit VisionTransformer, got {type(model).__name__}.")
+    quantized = {layer.name: layer.quantization_mode
+                 for layer in model._flatten_layers(include_self=False)
+                 if getattr(layer, "quantization_mode", None)}
+    if quantized:
+        # Keras-quantised layers (`layer.quantize("int8")`) hold integer kernels and scales that
+        # neither the fused pass nor a dtype-policy copy of the model reads.
+        names = list(quantized)
+        raise ValueError(f"fast_predictor runs float models; these layers are quantised "
+                         f"({', '.join(sorted(set(quantized.values())))}): {names[:5]}"
+                         f"{' ...' if len(names) > 5 else ''}. Call the model itself.")
     unsupported = unfused_options(config)
     if unsupported:
         logger.info("fast_predictor: %s not in the fused forward pass; running the model's own "

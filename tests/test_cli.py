@@ -25,6 +25,20 @@ def _one_line_error(capsys, *argv):
     return lines[0]
 
 
+def test_options_without_a_command(capsys):
+    assert "unrecognized arguments: --bogus" in _one_line_error(capsys, "--bogus")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--help"])
+    assert exit_.value.code == 0 and "COMMAND" in capsys.readouterr().out
+    assert cli.main([]) == 2 and "COMMAND" in capsys.readouterr().out
+
+
+def test_library_errors_go_to_stderr(capsys, tmp_path):
+    assert cli.main(["predict", str(tmp_path / "absent.keras"), str(tmp_path / "x.jpg")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: ")
+
+
 @pytest.mark.parametrize("argv, says", [
     (["train", "--dropout", "2"], "--dropout: expected a number in [0, 1), got 2"),
     (["train", "--drop-path", "-0.1"], "--drop-path"),

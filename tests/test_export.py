@@ -615,6 +615,30 @@ def test_int8_recipe_quantises_the_dense_layers_and_keeps_the_head_float(tiny_mo
     assert os.path.getsize(path) < 0.5 * float_size
 
 
+@pytest.mark.parametrize("options", [dict(classifier_activation="softmax"), dict(distilled=True),
+                                     dict(representation_size=16)])
+def test_int8_keeps_every_head_float_and_the_outputs_float32(tmp_path, options):
+    # The head is found by where its output goes: through DeiT's mean of two heads, a softmax or
+    # pre_logits' tanh; quantising it would also turn the `embeddings` output into int16.
+    model = keras_vit.ViT(**{**TINY, **options})
+    randomize_weights(model, seed=3)
+    path = str(tmp_path / "int8.tflite")
+    export.tflite(model, path, quantization="int8", calibration_data=random_images(8, 32, seed=4),
+                  min_top1_agreement=0, verbose=False)
+    dense = [op for op in _op_dtypes(path) if op[0] == "FULLY_CONNECTED"]
+    heads = 2 if options.get("distilled") or options.get("representation_size") else 1
+    assert dense[-heads:] == [("FULLY_CONNECTED", "float32", "float32")] * heads
+    assert dense[:-heads] == [("FULLY_CONNECTED", "int16", "int8")] * 8
+    runner = export.tflite_runner(path)
+    outputs = runner(random_images(2, 32, seed=5).astype("float32"))
+    assert sorted(outputs) == ["embeddings", "logits"]
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_path=path).get_signature_runner("serving_default").get_output_details()
+    assert {name: np.dtype(d["dtype"]).name for name, d in details.items()} == {
+        "embeddings": "float32", "logits": "float32"}
+
+
 def test_int8_without_ai_edge_quantizer_says_what_to_install(tiny_model, tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

@@ -397,5 +397,5 @@ def test_cli_train_weights_passes_hub_ids_through(hf_home, tmp_path, capsys):
 
     status = cli.main(["train", "--weights", "hf://nobody/absent-model", "--epochs", "1",
                        "--run-dir", str(tmp_path / "run")])
-    out = capsys.readouterr().out
-    assert status == 2 and "error: 'hf://nobody/absent-model' is not in the Hugging Face cache" in out
+    err = capsys.readouterr().err
+    assert status == 2 and "error: 'hf://nobody/absent-model' is not in the Hugging Face cache" in err

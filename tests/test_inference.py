@@ -117,6 +117,14 @@ def test_fast_predictor_refuses_a_config_field_it_does_not_classify():
         inference.fast_predictor(model, precision="float32")
 
 
+def test_fast_predictor_refuses_keras_quantised_layers():
+    # An int8 kernel read without its scale gave logits off by hundreds: refuse instead.
+    model = keras_vit.ViT(**TINY)
+    model.get_layer("encoderblock_0").mlp.fc1.quantize("int8")
+    with pytest.raises(ValueError, match=r"quantised \(int8\): \['fc1'\]"):
+        inference.fast_predictor(model, precision="float32")
+
+
 def test_unfused_options_reads_the_config():
     config = keras_vit.ModelConfig(**TINY)
     assert inference.unfused_options(config) == {}

@@ -707,6 +707,19 @@ def test_truncated_text_and_pickle_files_are_refused(hf, tmp_path, monkeypatch):
         keras_vit.load_pretrained(tmp_path / "absent.npz")
 
 
+def test_a_safetensors_file_whose_header_length_starts_with_0x80_is_not_a_pickle(tmp_path):
+    # The first byte of a safetensors file is the low byte of its header length; 0x80 is also a
+    # pickle's first opcode. Pad the header (safetensors pads to 8 bytes with spaces) to 128 bytes.
+    path = tmp_path / "model.safetensors"
+    for pad in range(300):
+        safetensors_numpy.save_file({"w" * (pad + 1): np.ones((1,), "float32")}, path)
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[:1] == b"\x80" and path.read_bytes()[8:9] == b"{"
+    with pytest.raises(ValueError, match="none of the formats tried"):
+        W.read_checkpoint(path)  # read as safetensors: only its tensor names are wrong
+
+
 def test_formats_are_tried_in_order_and_a_new_one_is_one_entry(tmp_path, monkeypatch):
     folder = tmp_path / "mine"
     folder.mkdir()

@@ -103,8 +103,11 @@ def main(argv=None):
     if command not in COMMANDS:
         if command is not None:
             parser.error(f"unknown command {command!r}; choose from {', '.join(COMMANDS)}")
+        if argv:  # options without a command: --help exits 0, anything else is an error (exit 2)
+            parser.parse_args(argv)
+            parser.error("a command is needed")
         parser.print_help()
-        return 0 if argv else 2
+        return 2
     module = importlib.import_module(COMMANDS[command][0])
     getattr(module, f"add_{command}_arguments")(sub.choices[command])
     args = parser.parse_args(argv)
@@ -114,7 +117,8 @@ def main(argv=None):
         if os.environ.get("KERAS_VIT_DEBUG"):
             raise
         message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-        print(f"error: {' '.join(message.split())}")
+        # stderr, as argparse's errors: `--json > out.json` stays clean.
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
         return 2
 
 

@@ -75,16 +75,35 @@ def _int8(float_content, calibration):
         return bytes(qt.quantize(result, enable_progress_report=False).quantized_model)
 
 
+# Ops a classifier head's output may pass through on its way to `logits`: DeiT's mean of two
+# heads (ADD, MUL), a final activation, reshapes. LayerNorm's ops are not among them, so no
+# encoder layer reaches an output this way.
+_HEAD_TAIL_OPS = ("ADD", "MUL", "DIV", "SOFTMAX", "LOGISTIC", "TANH", "RESHAPE", "SQUEEZE")
+
+
 def _head_outputs(content):
-    """Output tensor names of the dense layers whose output is a model output (the classifier
-    head, `logits`); none for a feature extractor."""
+    """Output tensor names of the classifier's dense layers, kept float by `_int8`: those whose
+    output reaches a model output through `_HEAD_TAIL_OPS` only (the head, DeiT's two heads,
+    `pre_logits`), and those that read a model output (`embeddings`, which quantising their input
+    would replace by an int16 tensor). None for a feature extractor."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=bytes(content))
     outputs = {d["index"] for d in interpreter.get_output_details()}
     names = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
-    return [names[op["outputs"][0]] for op in interpreter._get_ops_details()
-            if op["op_name"] == "FULLY_CONNECTED" and op["outputs"][0] in outputs]
+    ops = interpreter._get_ops_details()
+    consumers = {}
+    for op in ops:
+        for tensor in op["inputs"]:
+            consumers.setdefault(int(tensor), []).append(op)
+
+    def reaches_output(tensor):
+        return tensor in outputs or any(
+            op["op_name"] in _HEAD_TAIL_OPS and any(reaches_output(int(t)) for t in op["outputs"])
+            for op in consumers.get(tensor, ()))
+
+    return [names[op["outputs"][0]] for op in ops if op["op_name"] == "FULLY_CONNECTED" and (
+        reaches_output(int(op["outputs"][0])) or int(op["inputs"][0]) in outputs)]
 
 
 def tflite_runner(path_or_content, num_threads=None):

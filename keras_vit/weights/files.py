@@ -150,14 +150,16 @@ def _sniff(path):
             raise ValueError(f"{path!r} is a Keras model archive: Keras loads it only under a "
                              f"name ending in .keras; rename it.")
         raise ValueError(f"{path!r} is a zip file but not an .npz checkpoint: it holds {names[:5]}.")
-    if head[:1] == b"\x80" or path.endswith(PICKLE_SUFFIXES):
-        _refuse_pickle(path)
-    if len(head) >= 9 and head[8:9] == b"{":
+    # safetensors first: its first byte is the low byte of the header length, 0x80 (a pickle's
+    # protocol opcode) for one header size in 32.
+    if len(head) >= 9 and head[8:9] == b"{" and not path.endswith(PICKLE_SUFFIXES):
         header_size = int.from_bytes(head[:8], "little")
         if 8 + header_size > size:
             raise ValueError(f"{path!r} is a truncated safetensors file: its header says "
                              f"{header_size} header bytes, the file has {size} bytes in all.")
         return "safetensors"
+    if head[:1] == b"\x80" or path.endswith(PICKLE_SUFFIXES):
+        _refuse_pickle(path)
     raise ValueError(
         f"{path!r} is not a checkpoint: expected a Google .npz (zip) or a .safetensors file, got a "
         f"file of {size} bytes starting with {head[:12]!r}."
