@@ -807,6 +807,8 @@ def test_cli_export_errors_are_one_line(tiny_model, tmp_path, capsys):
           "--min-top1-agreement", "2"], "min_top1_agreement"),
         (["export", model, "--format", "tflite", "--output", str(tmp_path / "x.tflite"),
           "--calibration-data", str(tmp_path / "nowhere")], "nowhere.*not a folder"),
+        (["export", model, "--format", "tflite", "--output", str(tmp_path / "x.tflite"),
+          "--quantize", "int8"], "--quantize int8 needs --calibration-data"),
     ]:
         assert_cli_error(capsys, argv, pattern)
     assert not os.path.exists(out) and not os.path.exists(tmp_path / "x.tflite")

@@ -250,6 +250,9 @@ def add_arguments(group):
 
 def run(model, args):
     quantization = None if args.quantize in (None, "none") else args.quantize
+    if quantization == "int8" and not args.calibration_data:
+        raise ValueError("--quantize int8 needs --calibration-data: a folder of a few tens of "
+                         "representative images.")
     suffix = "" if quantization is None else f"_{quantization}"
     output = args.output or os.path.join("saved_models", f"{model.name}{suffix}.tflite")
     tflite(model, output, quantization=quantization, calibration_data=args.calibration_data,
