@@ -295,9 +295,7 @@ def _build(checkpoint, config, resample_method, given):
     if keep_head and "class_names" not in given:
         config["class_names"] = checkpoint.class_names
 
-    from keras_vit.models import VisionTransformer
-
-    model = VisionTransformer(**config)
+    model = M.VisionTransformer(**config)
     old_grid = _token_grid(arch)
     if old_grid != tuple(model.grid_size):
         method = resample_method or checkpoint.resample_method
