@@ -151,8 +151,6 @@ def timm_contenders(config, precision, optimizer):
     return contenders
 
 
-# ONNX files converted in this process, by configuration (JSON): made once, shared with the
-
 # `--peers` name -> builder; the memory subprocesses find these functions again in this file.
 PEER_BUILDERS = {"keras_hub": keras_hub_contender, "hf": hf_contender, "timm": timm_contenders}
 PEERS = (*PEER_BUILDERS, *benchmark.PEERS)
