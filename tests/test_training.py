@@ -199,8 +199,10 @@ def test_terminate_on_nan_says_where_and_what_to_try():
 
 # ----------------------------------------------------------------------------- CLI
 def _cli(capsys, *argv):
+    """Exit status and what the command printed (errors go to stderr, the rest to stdout)."""
     code = cli.main(list(argv))
-    return code, capsys.readouterr().out
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
 
 
 def test_cli_errors_list_the_choices(capsys, tmp_path):
