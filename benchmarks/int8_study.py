@@ -88,8 +88,6 @@ def configurations():
         "aeq int8 FC, fc1+fc2 16x8, float head": dict(
             mode="aeq", aeq=[("FULLY_CONNECTED", 8), ("CONV_2D", "dynamic")], float_head=True,
             fc16_scopes=["fc1", "fc2"]),
-        "aeq int8 weights only, blockwise 32": dict(mode="aeq", aeq=[("FULLY_CONNECTED", None), ("CONV_2D", None)],
-                                                    granularity="BLOCKWISE_32"),
         "aeq int8 weights only, float head": dict(mode="aeq", aeq=[("*", None)], float_head=True),
         "aeq int8 FC, float head": dict(mode="aeq", aeq=[("FULLY_CONNECTED", 8), ("CONV_2D", "dynamic")],
                                         float_head=True),
@@ -196,7 +194,7 @@ def _convert_aeq(config, float_tflite, calibration):
     from ai_edge_quantizer import qtyping, quantizer
 
     granularity = qtyping.QuantGranularity.TENSORWISE if config.get("per_tensor") else \
-        qtyping.QuantGranularity(config.get("granularity", "CHANNELWISE"))
+        qtyping.QuantGranularity.CHANNELWISE  # (blockwise int8 weights: not supported for FC in 0.10)
     qt = quantizer.Quantizer(float_tflite)
     for op, bits in config["aeq"]:
         # GPTQ (error-compensating weight rounding from calibration activations) exists for
