@@ -8,17 +8,10 @@ import inspect
 
 import keras
 import numpy as np
+from conftest import randomize_weights
 
 # Keys every Keras layer config has besides the layer's own `__init__` arguments.
 KERAS_LAYER_KEYS = {"name", "trainable", "dtype"}
-
-
-def _randomize(layer, seed=1):
-    """Weights away from their init (zeros, ones) so that a lost weight changes the output."""
-    rng = np.random.default_rng(seed)
-    for variable in layer.weights:
-        centre = 1.0 if variable.path.endswith("gamma") else 0.0
-        variable.assign(rng.normal(centre, 0.3, variable.shape).astype(variable.dtype))
 
 
 def _init_parameters(layer_class):
@@ -37,7 +30,7 @@ def run_layer_test(make, input_shape, tmp_path, atol=1e-5):
     x = np.random.default_rng(5).normal(size=input_shape).astype("float32") * 3
     layer = make()
     layer.build(input_shape)
-    _randomize(layer)
+    randomize_weights(layer, seed=1, scale=0.3)  # away from init: a lost weight changes the output
     y = keras.ops.convert_to_numpy(layer(x))
 
     config = layer.get_config()
