@@ -18,6 +18,7 @@ import os
 import keras
 from keras import ops
 
+from keras_vit.config import check_keywords
 from keras_vit.layers import PACKAGE
 from keras_vit.training.losses import ClassificationCrossentropy
 
@@ -96,10 +97,8 @@ class Distiller(keras.Model):
 
     def __init__(self, student, teacher, mode="hard", alpha=0.5, temperature=3.0,
                  teacher_preprocessing=None, **kwargs):
-        unknown = sorted(set(kwargs) - {"name", "dtype", "trainable"})
-        if unknown:
-            raise TypeError(f"Distiller got unknown keyword arguments {unknown}; it takes student, "
-                            f"teacher, mode, alpha, temperature, teacher_preprocessing, name.")
+        check_keywords(kwargs, ("student", "teacher", "mode", "alpha", "temperature",
+                                "teacher_preprocessing", "name", "dtype", "trainable"), "Distiller")
         _check_models(student, teacher)
         if mode not in MODES:
             raise ValueError(f"Unknown distillation mode {mode!r}: expected one of {list(MODES)}.")
