@@ -33,6 +33,16 @@ def test_options_without_a_command(capsys):
     assert cli.main([]) == 2 and "COMMAND" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["benchmark", "--repeats", "0"], "--repeats: expected a positive integer, got 0"),
+    (["benchmark", "--warmup", "-1"], "--warmup: expected an integer >= 0, got -1"),
+    (["benchmark", "--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
+    (["benchmark", "--threads", "0"], "--threads"),
+])
+def test_bad_benchmark_values_are_one_line(capsys, argv, says):
+    assert says in _one_line_error(capsys, *argv)
+
+
 def test_library_errors_go_to_stderr(capsys, tmp_path):
     assert cli.main(["predict", str(tmp_path / "absent.keras"), str(tmp_path / "x.jpg")]) == 2
     captured = capsys.readouterr()

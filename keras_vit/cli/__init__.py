@@ -47,12 +47,9 @@ def run_info(args):
         except ImportError:
             pass
         return 0
-    from keras_vit import weights
+    from keras_vit import export
 
-    if not os.path.exists(args.model) and not args.model.startswith("hf://"):
-        raise FileNotFoundError(f"No model or checkpoint at {args.model!r}.")
-    model = weights.load_model_or_checkpoint(args.model)
-    model.summary()
+    export.load_model(args.model).summary()
     return 0
 
 

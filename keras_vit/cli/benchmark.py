@@ -9,6 +9,7 @@ options and uses this module's table.
 import json
 
 from keras_vit import benchmark
+from keras_vit.cli.arguments import non_negative_int, positive_float, positive_int
 from keras_vit.fileio import write_json, write_text
 
 # Peers that left the package for benchmarks/peers.py: `--peers` naming one says where they went.
@@ -105,10 +106,10 @@ def add_benchmark_arguments(parser, peers=benchmark.PEERS):
                         help="variant: ViTTi16, ViTS16, ViTB16, ... or S/16, B/16 ... (default ViTB16)")
     parser.add_argument("--config", type=json.loads, default=None,
                         help='JSON overrides of the ViT arguments, e.g. \'{"num_layers": 2}\'')
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=32, help="throughput and training batch")
-    parser.add_argument("--latency-batch-size", type=int, default=1)
+    parser.add_argument("--image-size", type=positive_int, default=224)
+    parser.add_argument("--num-classes", type=positive_int, default=1000)
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="throughput and training batch")
+    parser.add_argument("--latency-batch-size", type=positive_int, default=1)
     parser.add_argument("--precision", choices=benchmark.PRECISIONS, default="float32",
                         help="bfloat16: bf16 inference, mixed_bfloat16 / autocast training")
     parser.add_argument("--peers", type=_csv, default=list(peers),
@@ -118,12 +119,13 @@ def add_benchmark_arguments(parser, peers=benchmark.PEERS):
     parser.add_argument("--tflite-modes", type=_csv, default=["none", "float16", "dynamic"],
                         help="quantization modes for --tasks tflite: none, float16, dynamic, int8")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="default: the cores this process may use")
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--warmup", type=non_negative_int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="default: the cores this process may use")
     parser.add_argument("--no-fast", dest="fast", action="store_false",
                         help="leave out keras_vit.inference.fast_predictor")
-    parser.add_argument("--peak-tflops", type=float, default=None,
+    parser.add_argument("--peak-tflops", type=positive_float, default=None,
                         help="device peak for the MFU column (known GPUs are looked up)")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     parser.add_argument("--markdown", default=None, help="write the Markdown table here too")
@@ -138,10 +140,6 @@ def run_benchmark(args, builders=None):
                          f"out of keras_vit; run `python benchmarks/peers.py --peers "
                          f"{','.join(moved)}` with the same options (keras-vit benchmark --peers "
                          f"takes {', '.join(benchmark.PEERS)} or none).")
-    if args.batch_size <= 0 or args.latency_batch_size <= 0 or args.repeats <= 0 or args.warmup < 0:
-        raise ValueError("--batch-size, --latency-batch-size and --repeats must be positive and "
-                         f"--warmup non-negative; got {args.batch_size}, {args.latency_batch_size}, "
-                         f"{args.repeats}, {args.warmup}.")
     config = benchmark.resolve_config(args.model, args.image_size, args.num_classes, args.config)
     report = benchmark.run_suite(
         config, args.batch_size, args.latency_batch_size, args.precision, args.peers, args.tasks,
