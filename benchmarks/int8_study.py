@@ -39,6 +39,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # ai-edge-quantizer's progress bars
 
 import numpy as np  # noqa: E402
 
+from keras_vit.fileio import atomic_path  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Op types of DeiT-Tiny's TFLite graph, by role.
 LAYER_NORM = ["MEAN", "SQUARED_DIFFERENCE", "RSQRT", "NEG"]
@@ -214,9 +216,13 @@ def _convert_aeq(config, float_tflite, calibration):
         qt.add_static_config(scope, qtyping.TFLOperationName("FULLY_CONNECTED"), activation_num_bits=16,
                              weight_num_bits=8)
     if config.get("float_head"):
-        # The classifier head (the fully-connected ops whose outputs are the model's outputs)
-        # stays float: its weights alone move the logits of close calls.
-        for name in head_tensor_names(float_tflite):
+        # The classifier head stays float (found as keras_vit.export finds it): its weights alone
+        # move the logits of close calls.
+        from keras_vit.export import tflite_format
+
+        with open(float_tflite, "rb") as f:
+            heads = tflite_format._head_outputs(f.read())
+        for name in heads:
             qt.update_quantization_recipe(f"^{re.escape(name)};", qtyping.TFLOperationName("FULLY_CONNECTED"),
                                           algorithm_key="no_quantize")
     if not qt.need_calibration:
@@ -226,24 +232,11 @@ def _convert_aeq(config, float_tflite, calibration):
     return bytes(qt.quantize(result, enable_progress_report=False).quantized_model)
 
 
-def head_tensor_names(float_tflite):
-    """Output tensor names of the FULLY_CONNECTED ops that produce a model output."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    key = "model_content" if isinstance(float_tflite, bytes) else "model_path"
-    it = Interpreter(**{key: float_tflite})
-    outputs = {d["index"] for d in it.get_output_details()}
-    names = {t["index"]: t["name"] for t in it.get_tensor_details()}
-    return [names[o["outputs"][0]] for o in it._get_ops_details()
-            if o["op_name"] == "FULLY_CONNECTED" and o["outputs"][0] in outputs]
-
-
 def cached(path, make):
     if not os.path.exists(path):
         content = make()
-        with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), delete=False) as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             f.write(content)
-        os.replace(f.name, path)
     return path
 
 
@@ -558,10 +551,8 @@ def main(argv=None):
             print(f"  {r['role']:<40} {r['layers']:>3} layers  mean {r['mean_relative_rmse']:.3f}  "
                   f"max {r['max_relative_rmse']:.3f}")
     if args.output:
-        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(os.path.abspath(args.output)),
-                                         delete=False, suffix=".tmp") as f:
+        with atomic_path(args.output) as tmp, open(tmp, "w") as f:
             json.dump(result, f, indent=1, default=float)
-        os.replace(f.name, args.output)
 
 
 def _version(module):

@@ -301,7 +301,9 @@ def onnxruntime_contender(config, precision, optimizer):
 
     settings = {"onnxruntime": onnxruntime.__version__, "provider": "CPUExecutionProvider",
                 "model": "keras_vit.export.onnx (tf2onnx), float32"}
-    return Contender("ONNX Runtime (CPU)", "onnxruntime", settings, predict_fn, prepare=prepare)
+    # CPU only: its memory is the process's RSS, and no accelerator peak.
+    return Contender("ONNX Runtime (CPU)", "onnxruntime", settings, predict_fn, prepare=prepare,
+                     device_peak_mib=lambda: None)
 
 
 # Contenders beside the Keras model, by `--peers` name: `builder(config, precision, optimizer)`
@@ -450,8 +452,6 @@ def _memory_child(spec):
 def _device_peak_mib(contender):
     if contender.device_peak_mib is not None:
         return contender.device_peak_mib()
-    if contender.library == "onnxruntime":
-        return None  # CPU only: its memory is the process's RSS
     import keras
 
     if keras.backend.backend() == "jax":

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from keras_vit.images import DEFAULT_CROP_PCT
+from keras_vit.images import DEFAULT_CROP_PCT, check_crop_pct
 from keras_vit.layers import LAYER_NORM_EPSILON, _pair
 
 POOLINGS = ("token", "gap", "map", None)
@@ -89,16 +89,11 @@ class ModelConfig:
     @property
     def stride(self):
         """Pixels per feature-map cell: 1, or the hybrid ResNet's stride."""
-        if not self.backbone:
-            return 1
-        from keras_vit import resnet
-
-        return resnet.backbone_stride(self.backbone["block_units"])
+        return backbone_stride(self.backbone)
 
     @property
     def grid_size(self):
-        return tuple(size // (patch * self.stride)
-                     for size, patch in zip(self.image_size, self.patch_size))
+        return token_grid(self.image_size, self.patch_size, self.backbone)
 
     @property
     def num_prefix_tokens(self):
@@ -122,6 +117,21 @@ ARCHITECTURE_FIELDS = ("patch_size", "hidden_size", "num_layers", "num_heads", "
 PREPROCESSING_FIELDS = ("image_size", "include_preprocessing", "normalization_mean",
                         "normalization_std", "crop_pct", "interpolation")
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
+
+
+def backbone_stride(backbone):
+    """Pixels per feature-map cell: 1 without a backbone, else the hybrid ResNet's stride."""
+    if not backbone:
+        return 1
+    from keras_vit import resnet
+
+    return resnet.backbone_stride(backbone["block_units"])
+
+
+def token_grid(image_size, patch_size, backbone=None):
+    """The patch grid `(rows, columns)`: a hybrid's patches are cut from the ResNet's feature map."""
+    stride = backbone_stride(backbone)
+    return tuple(size // (patch * stride) for size, patch in zip(image_size, patch_size))
 
 
 def check_keywords(kwargs, valid, function_name):
@@ -195,9 +205,7 @@ def _check_numbers(config):
         if not 0.0 <= getattr(config, key) < 1.0:
             raise ValueError(f"Dropout and drop-path rates must be in [0, 1), got {key}="
                              f"{getattr(config, key)}.")
-    if isinstance(config.crop_pct, bool) or not isinstance(
-            config.crop_pct, (int, float, np.integer, np.floating)) or not (0.0 < config.crop_pct <= 1.0):
-        raise ValueError(f"crop_pct must be a number in (0, 1], got {config.crop_pct!r}.")
+    check_crop_pct(config.crop_pct)
     if config.interpolation not in INTERPOLATIONS:
         raise ValueError(f"Unknown interpolation {config.interpolation!r}: expected one of "
                          f"{list(INTERPOLATIONS)}.")

@@ -36,15 +36,12 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from keras_vit.config import check_keywords
-from keras_vit.images import DEFAULT_CROP_PCT, IMAGE_EXTENSIONS, read_image
+from keras_vit.config import IMAGENET_NORMALIZATION, INTERPOLATIONS, check_keywords
+from keras_vit.images import DEFAULT_CROP_PCT, IMAGE_EXTENSIONS, check_crop_pct, read_image
 
 logger = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
-# ImageNet's mean and std (DeiT's normalisation): the default noise of random erasing.
-IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 # Short names -> TFDS names; any other TFDS dataset with `image` and `label` features works too.
 TFDS_ALIASES = {
@@ -377,7 +374,7 @@ def _pipeline(dataset, *, encoded, class_names, num_examples, image_size, batch_
               drop_remainder, crop_pct, source=None, read=None, crop_area_range=(0.08, 1.0),
               aspect_ratio_range=(3 / 4, 4 / 3), flip=True, interpolation="bicubic",
               deterministic=None, skip_errors=True, resize_eval=True, random_erasing=0.0,
-              erasing_mean_std=IMAGENET_MEAN_STD, repeated_augmentations=1):
+              erasing_mean_std=IMAGENET_NORMALIZATION, repeated_augmentations=1):
     """(uint8 pixels, int label) or, `encoded`, (encoded bytes or what `read` turns into them,
     int label, name for warnings) -> batches of (float pixels, one-hot labels)."""
     size = _pair(image_size)
@@ -542,8 +539,7 @@ def _check_arguments(batch_size, crop_pct, mixup_alpha, cutmix_alpha, label_smoo
     if (not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool)
             or batch_size <= 0):
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
-    if not 0.0 < crop_pct <= 1.0:
-        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}.")
+    check_crop_pct(crop_pct)
     low, high = options["crop_area_range"]
     if not 0.0 < low <= high <= 1.0:
         raise ValueError(f"crop_area_range must be (low, high) with 0 < low <= high <= 1, got "
@@ -740,8 +736,8 @@ class MixUpCutMix:
         return images, labels
 
 
-def erase_random_rectangles(images, seed, probability, mean=IMAGENET_MEAN_STD[0],
-                            std=IMAGENET_MEAN_STD[1], area_range=(0.02, 1 / 3),
+def erase_random_rectangles(images, seed, probability, mean=IMAGENET_NORMALIZATION[0],
+                            std=IMAGENET_NORMALIZATION[1], area_range=(0.02, 1 / 3),
                             aspect_ratio_range=(0.3, 1 / 0.3), attempts=10):
     """Random erasing (Zhong et al., 2017) of a batch of pixels `(B, H, W, 3)` in [0, 255], as
     timm's `RandomErasing(probability, mode="pixel", max_count=1)`: with `probability` per image,

@@ -19,6 +19,14 @@ import numpy as np
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # timm/DeiT evaluation: resize the short side to size / 0.875, crop the centre.
 DEFAULT_CROP_PCT = 0.875
+
+
+def check_crop_pct(crop_pct):
+    """`crop_pct` as a float; ValueError unless it is a number in (0, 1]."""
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float, np.integer, np.floating)) \
+            or not 0.0 < crop_pct <= 1.0:
+        raise ValueError(f"crop_pct must be a number in (0, 1], got {crop_pct!r}.")
+    return float(crop_pct)
 RESAMPLING = {"bicubic": 3, "bilinear": 2, "nearest": 0}  # Pillow's Image.Resampling values
 
 
@@ -97,8 +105,7 @@ def load_image(path, image_size=224, crop_pct=DEFAULT_CROP_PCT, interpolation="b
 
     if interpolation not in RESAMPLING:
         raise ValueError(f"Unknown interpolation {interpolation!r}: expected one of {list(RESAMPLING)}.")
-    if not 0.0 < crop_pct <= 1.0:
-        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}.")
+    crop_pct = check_crop_pct(crop_pct)
     if image_size is not None:
         size = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
         if len(size) != 2 or not all(

@@ -382,10 +382,9 @@ def _make_forward(config, precision):
 def _policy_forward(model, precision):
     """The model's own layers under the `precision` dtype policy (for the options that the fused
     forward pass does not implement)."""
-    config = model.get_config()
-    config["dtype"] = precision
-    clone = type(model).from_config(config)
-    clone.set_weights(model.get_weights())
+    from keras_vit.models import with_dtype
+
+    clone = with_dtype(model, precision)
 
     def forward(params, images):
         return ops.cast(clone(images, training=False), "float32")

@@ -122,14 +122,16 @@ class VisionTransformer(keras.Model):
         if c.representation_size:
             x = keras.layers.Dense(c.representation_size, activation="tanh", dtype=policy,
                                    name="pre_logits")(x)
+        # DeiT's two-head model reads the distillation token beside the class token.
+        distillation = (L.TokenPooling("token", c.num_prefix_tokens, token_index=1, dtype=policy,
+                                       name="distillation_pooling")(tokens)
+                        if c.distilled and c.distillation_head else None)
         if c.include_top:
-            x = _heads(c, x, tokens, policy)
-        elif c.distilled and c.distillation_head:
-            # A feature extractor of DeiT's two-head model: the mean of the two tokens the heads
-            # read, timm's `forward_head(pre_logits=True)` and the classifier's exported
-            # `embeddings`. (distillation_head=False reads the class token alone, as HF's.)
-            distillation = L.TokenPooling("token", c.num_prefix_tokens, token_index=1, dtype=policy,
-                                          name="distillation_pooling")(tokens)
+            x = _heads(c, x, distillation, policy)
+        elif distillation is not None:
+            # A feature extractor: the mean of the two tokens the heads read, timm's
+            # `forward_head(pre_logits=True)` and the classifier's exported `embeddings`.
+            # (distillation_head=False reads the class token alone, as HF's.)
             x = keras.layers.Average(dtype=policy, name="features")([x, distillation])
         super().__init__(inputs=images, outputs=x, name=name or "vit", dtype=dtype,
                          trainable=trainable)
@@ -172,17 +174,24 @@ class VisionTransformer(keras.Model):
         return cls(**config)
 
 
-def _heads(c, pooled, tokens, policy):
-    """The classifier: `head`, or DeiT's `head` and `head_dist` averaged."""
+def with_dtype(model, dtype):
+    """A copy of `model` (a VisionTransformer) computing under the dtype policy `dtype`, with the
+    same weights."""
+    copy = type(model).from_config({**model.get_config(), "dtype": dtype})
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _heads(c, pooled, distillation, policy):
+    """The classifier: `head`, or, given the pooled distillation token, DeiT's `head` and
+    `head_dist` averaged."""
     # Logits in float32 under mixed precision, so the loss and softmax stay stable.
     head_policy = "float32" if _is_mixed(policy) else policy
-    two_heads = c.distilled and c.distillation_head
+    two_heads = distillation is not None
     x = keras.layers.Dense(c.num_classes, activation=None if two_heads else c.classifier_activation,
                            kernel_initializer="zeros", dtype=head_policy, name="head")(pooled)
     if not two_heads:
         return x
-    distillation = L.TokenPooling("token", c.num_prefix_tokens, token_index=1, dtype=policy,
-                                  name="distillation_pooling")(tokens)
     distillation = keras.layers.Dense(c.num_classes, kernel_initializer="zeros", dtype=head_policy,
                                       name="head_dist")(distillation)
     x = keras.layers.Average(dtype=head_policy, name="distilled_logits")([x, distillation])
@@ -194,11 +203,12 @@ def _heads(c, pooled, tokens, policy):
 
 # The keywords `VisionTransformer` takes: the config's fields, and keras.Model's. Its signature
 # shows them with their defaults (help(), inspect).
-_MODEL_KEYWORDS = FIELDS + ("name", "dtype", "trainable")
+MODEL_DEFAULTS = {**DEFAULTS, "name": None, "dtype": None, "trainable": True}
+_MODEL_KEYWORDS = tuple(MODEL_DEFAULTS)
 VisionTransformer.__init__.__signature__ = inspect.Signature(
     [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    + [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in
-       [*DEFAULTS.items(), ("name", None), ("dtype", None), ("trainable", True)]])
+    + [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
+       for k, v in MODEL_DEFAULTS.items()])
 
 
 def _is_mixed(policy):

@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 
 from keras_vit import export as export_lib
+from keras_vit.export.common import positive_int
 from keras_vit import images as images_lib
 from keras_vit import labels as labels_lib
 from keras_vit.images import DEFAULT_CROP_PCT
@@ -126,7 +127,8 @@ class _Predictor:
         self._from_runner(path, export_lib.tflite_runner(path), {})
 
     def _load_onnx(self, path):
-        self._from_runner(path, export_lib.onnx_runner(path), export_lib.onnx_metadata(path))
+        run = export_lib.onnx_runner(path)
+        self._from_runner(path, run, run.metadata)
 
     def _from_runner(self, path, run, metadata):
         """Image size, labels and logits from a runner `images -> {output name: array}` with
@@ -152,8 +154,7 @@ class _Predictor:
 
 def predict_top_k(model_path, image_paths, top_k=5, labels=None):
     """`[[(label, class index, probability), ...] per image]`, best first."""
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
+    top_k = positive_int(top_k, "top_k")
     if isinstance(image_paths, (str, os.PathLike)):
         image_paths = [image_paths]
     image_paths = [os.fspath(p) for p in image_paths]

@@ -71,6 +71,7 @@ def test_the_file_is_plain_onnx_without_erfc(exported):
     assert metadata["labels"] == LABELS and metadata["task"] == "classification"
     assert metadata["image_size"] == [32, 32] and metadata["preprocessing"]["crop_pct"] == 0.875
     assert set(metadata["outputs"]) == {"logits", "embeddings"}
+    assert export.onnx_runner(exported[0]).metadata == metadata  # the session reads the same
 
 
 def test_exact_gelu_through_onnx_matches_erf_in_float64():

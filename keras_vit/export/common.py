@@ -10,7 +10,8 @@ from typing import Callable
 
 import numpy as np
 
-from keras_vit.images import DEFAULT_CROP_PCT, IMAGE_EXTENSIONS
+from keras_vit.config import INTERPOLATIONS
+from keras_vit.images import DEFAULT_CROP_PCT, IMAGE_EXTENSIONS, check_crop_pct
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def float32_model(model):
     TFLite and ONNX Runtime's CPU kernels take neither bfloat16 nor TF's mixed graphs, and a
     float16 file is `quantization="float16"`'s job. The variables are float32 either way, so the
     copy computes the same function, rounded less."""
-    from keras_vit.models import VisionTransformer
+    from keras_vit.models import VisionTransformer, with_dtype
 
     # The layers hold the policy (a functional model's own may say float32 regardless).
     compute = sorted({layer.compute_dtype for layer in model.layers} - {"float32"})
@@ -169,9 +170,7 @@ def float32_model(model):
     warnings.warn(f"{model.name} computes in {', '.join(compute)} (mixed precision): exporting a "
                   f"float32 copy with the same weights, and checking the file against that copy.",
                   stacklevel=3)
-    copy = VisionTransformer.from_config({**model.get_config(), "dtype": "float32"})
-    copy.set_weights(model.get_weights())
-    return copy
+    return with_dtype(model, "float32")
 
 
 def normalization(model):
@@ -234,16 +233,13 @@ def fraction(value, name):
 def crop_pct_of(model, crop_pct):
     """`crop_pct`, else the model's, else DEFAULT_CROP_PCT; ValueError outside (0, 1]."""
     crop_pct = crop_pct if crop_pct is not None else getattr(model, "crop_pct", DEFAULT_CROP_PCT)
-    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float, np.number)) \
-            or not 0.0 < crop_pct <= 1.0:
-        raise ValueError(f"crop_pct must be a number in (0, 1], got {crop_pct!r}.")
-    return float(crop_pct)
+    return check_crop_pct(crop_pct)
 
 
 def interpolation_of(model, interpolation=None):
     """`interpolation`, else the model's (set from its checkpoint), else bicubic."""
     interpolation = interpolation or getattr(model, "interpolation", None) or "bicubic"
-    if interpolation not in ("bicubic", "bilinear", "nearest"):
+    if interpolation not in INTERPOLATIONS:
         raise ValueError(f"Unknown interpolation {interpolation!r}: expected bicubic, bilinear or "
                          f"nearest.")
     return interpolation
@@ -371,6 +367,25 @@ def compare(reference, exported):
     return report
 
 
+def check_and_write(model, path, content, run, evaluation, on_noise, minimums, what, verbose,
+                    **fields):
+    """Runs the exported `content` (`run(content)` -> a runner) and `model` on `evaluation`,
+    reports, gates (`minimums`: top-1 agreement, embedding cosine) and only then writes `path`
+    atomically: a rejected export leaves `path` alone. `fields` (format, mode) lead the report."""
+    report = {
+        "path": path, **fields, "size_bytes": len(content),
+        **compare(reference_outputs(model, evaluation), run(content)(evaluation)),
+        "min_top1_agreement": minimums[0], "min_embedding_cosine": minimums[1],
+        "num_images": int(len(evaluation)),
+        "evaluated_on": "random noise" if on_noise else "images",
+    }
+    if verbose:
+        print(format_report([report]))
+    gate(report, what)
+    write_atomically(path, content)
+    return report
+
+
 def gate(report, what):
     """Applies the parity gate to `report` (from `compare`, with `min_top1_agreement`,
     `min_embedding_cosine`, `num_images`, `evaluated_on`, `path`): on real images, raises
@@ -389,7 +404,7 @@ def gate(report, what):
         warnings.warn(
             f"No evaluation images: the {what} was compared with the Keras model on {n} "
             f"random-noise images only ({measured}), which says little about photos, so the "
-            f"agreement thresholds were not applied. Pass real images to check it.", stacklevel=3)
+            f"agreement thresholds were not applied. Pass real images to check it.", stacklevel=4)
         return
     failures = []
     if report["top1_agreement"] is not None and report["top1_agreement"] < report["min_top1_agreement"]:

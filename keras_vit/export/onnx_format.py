@@ -60,7 +60,8 @@ def convert(model, opset=DEFAULT_OPSET):
 def onnx_runner(path_or_content, num_threads=None):
     """Loads an `.onnx` file (a path, or its bytes) once into an ONNX Runtime CPU session;
     returns `run(images) -> {output name: float32 array}` for float32 `(n, H, W, 3)` images,
-    with `run.input_shape` and `run.output_shapes` (`{name: shape}`; `"batch"` for the batch)."""
+    with `run.input_shape`, `run.output_shapes` (`{name: shape}`; `"batch"` for the batch) and
+    `run.metadata` (`onnx_metadata`'s, read by the session: the file is parsed once)."""
     (ort,) = common.require_onnx("onnxruntime")
     options = ort.SessionOptions()
     if num_threads:
@@ -74,6 +75,7 @@ def onnx_runner(path_or_content, num_threads=None):
         return {name: value.astype("float32") for name, value in zip(names, values)}
     run.input_shape = tuple(input_.shape)
     run.output_shapes = {output.name: tuple(output.shape) for output in session.get_outputs()}
+    run.metadata = _keras_vit_metadata(session.get_modelmeta().custom_metadata_map)
     return run
 
 
@@ -92,7 +94,10 @@ def onnx_metadata(path):
     outputs, labels), or `{}` for a file from elsewhere."""
     (onnx_lib,) = common.require_onnx("onnx")
     proto = onnx_lib.load(path, load_external_data=False)
-    props = {p.key: p.value for p in proto.metadata_props}
+    return _keras_vit_metadata({p.key: p.value for p in proto.metadata_props})
+
+
+def _keras_vit_metadata(props):
     return json.loads(props["keras_vit"]) if "keras_vit" in props else {}
 
 
@@ -157,19 +162,9 @@ def onnx(model, path, evaluation_data=None, min_top1_agreement=None, min_embeddi
     proto.doc_string = (f"{model.name} exported by keras_vit: images float32 (batch, H, W, 3) raw "
                         f"pixels in [0, 255] -> {', '.join(metadata['outputs'])}.")
     content = proto.SerializeToString()
-    # Checked from memory before anything is written: a rejected export leaves `path` alone.
-    report = {
-        "path": path, "format": "onnx", "opset": int(opset), "size_bytes": len(content),
-        **common.compare(common.reference_outputs(model, evaluation), _runner_of(content)(evaluation)),
-        "min_top1_agreement": min_top1, "min_embedding_cosine": min_cosine,
-        "num_images": int(len(evaluation)),
-        "evaluated_on": "random noise" if on_noise else "images",
-    }
-    if verbose:
-        print(common.format_report([report]))
-    common.gate(report, "ONNX export")
-    common.write_atomically(path, content)
-    return report
+    return common.check_and_write(model, path, content, _runner_of, evaluation, on_noise,
+                                  (min_top1, min_cosine), "ONNX export", verbose, format="onnx",
+                                  opset=int(opset))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -220,21 +220,11 @@ def tflite(model, path, quantization=None, calibration_data=None, evaluation_dat
         _outputs_saved_model(model, tmp)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
         content = _convert(converter, quantization, calibration)
-    # Checked from memory before anything is written: a rejected export leaves `path` alone.
-    report = {
-        "path": path, "format": "tflite", "quantization": quantization or "none",
-        "size_bytes": len(content),
-        **common.compare(common.reference_outputs(model, evaluation),
-                         tflite_runner(content)(evaluation)),
-        "min_top1_agreement": min_top1, "min_embedding_cosine": min_cosine,
-        "num_images": int(len(evaluation)),
-        "evaluated_on": "random noise" if on_noise else "images",
-    }
-    if verbose:
-        print(common.format_report([report]))
-    common.gate(report, f"TFLite export ({report['quantization']})")
-    common.write_atomically(path, content)
-    return report
+    mode = quantization or "none"
+    # tflite_runner is looked up here, at call time, so that tests can stand in for LiteRT.
+    return common.check_and_write(model, path, content, tflite_runner, evaluation, on_noise,
+                                  (min_top1, min_cosine), f"TFLite export ({mode})", verbose,
+                                  format="tflite", quantization=mode)
 
 
 # --------------------------------------------------------------------------------------------------

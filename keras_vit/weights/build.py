@@ -13,8 +13,7 @@ import numpy as np
 
 from keras_vit import layers as L
 from keras_vit import models as M
-from keras_vit import resnet
-from keras_vit.config import check_keywords
+from keras_vit.config import check_keywords, token_grid
 from keras_vit.weights import hub
 from keras_vit.weights.checkpoint import Checkpoint
 from keras_vit.weights.downloads import fetch
@@ -109,7 +108,7 @@ def build_with_weights(config, weights, resample_method=None, given=None):
         path = fetch(registry_entry(variant, path))
     path, _ = _resolve(path)
     checkpoint = _read_any(path, config.get("num_heads"), config.get("image_size"))
-    _check_architecture(checkpoint, {**_MODEL_DEFAULTS, **config}, "the model",
+    _check_architecture(checkpoint, {**M.MODEL_DEFAULTS, **config}, "the model",
                         "use keras_vit.load_pretrained(...) to build the checkpoint's own "
                         "architecture")
     return _build(checkpoint, dict(config), resample_method, given)
@@ -125,6 +124,11 @@ def load_keras_model(path):
     """A `.keras` model file, loaded with safe_mode on (no code from the file runs) and
     compile=False: the weights and the architecture, not the training state. A model trained with
     a user's own loss or schedule thus loads anywhere; `model.compile(...)` to train it again."""
+    return _load_keras(path)[0]
+
+
+def _load_keras(path):
+    """`load_keras_model(path)` and its variables as NumPy arrays, converted once."""
     import keras
 
     path = os.fspath(path)
@@ -136,8 +140,9 @@ def load_keras_model(path):
     except Exception as error:  # Keras raises ValueError, TypeError, OSError, KeyError, ...
         raise ValueError(f"Could not load the Keras model {path!r}: {type(error).__name__}: "
                          f"{error}") from error
-    check_finite(_variables(model), path)
-    return model
+    variables = _variables(model)
+    check_finite(variables, path)
+    return model, variables
 
 
 def _variables(model):
@@ -154,7 +159,7 @@ def _read_any(path, num_heads, image_size):
     """A `Checkpoint` from a checkpoint file or folder, or from a `.keras` VisionTransformer."""
     if not _is_keras_file(path):
         return read_checkpoint(path, num_heads, image_size)
-    model = load_keras_model(path)
+    model, variables = _load_keras(path)
     if not isinstance(model, M.VisionTransformer):
         raise ValueError(f"{path!r} holds a {type(model).__name__}, not a keras_vit "
                          f"VisionTransformer: load it with keras_vit.load_pretrained({path!r}) "
@@ -164,7 +169,7 @@ def _read_any(path, num_heads, image_size):
         "num_classes", "representation_size", "pooling", "class_token", "num_registers",
         "layer_scale_init_value", "backbone", "distilled", "distillation_head")}
     # Trained models carry no record of their weights' source: bicubic, as timm and HF resample.
-    return Checkpoint(_variables(model), architecture,
+    return Checkpoint(variables, architecture,
                       (model.normalization_mean, model.normalization_std),
                       model.layer_norm_epsilon, model.class_names, "keras", "bicubic", path=path,
                       include_preprocessing=model.include_preprocessing,
@@ -172,8 +177,7 @@ def _read_any(path, num_heads, image_size):
 
 
 # The arguments of `VisionTransformer`: what a model config may hold, and their defaults.
-_MODEL_DEFAULTS = {**M.DEFAULTS, "name": None, "dtype": None, "trainable": True}
-_MODEL_ARGS = set(_MODEL_DEFAULTS)
+_MODEL_ARGS = set(M.MODEL_DEFAULTS)
 
 
 def _check_load_values(image_size, num_classes, include_top, resample_method):
@@ -296,7 +300,7 @@ def _build(checkpoint, config, resample_method, given):
         config["class_names"] = checkpoint.class_names
 
     model = M.VisionTransformer(**config)
-    old_grid = _token_grid(arch)
+    old_grid = token_grid(arch["image_size"], arch["patch_size"], arch.get("backbone"))
     if old_grid != tuple(model.grid_size):
         method = resample_method or checkpoint.resample_method
         logger.warning("%s: position embeddings resampled from a %dx%d to a %dx%d grid (%s), for "
@@ -318,14 +322,6 @@ def _build(checkpoint, config, resample_method, given):
                        "checkpoint): its predictions are meaningless. Fine-tune it, e.g. with "
                        "num_classes=N.", source)
     return model
-
-
-def _token_grid(architecture):
-    """The patch grid of an architecture: a hybrid's patches are cut from the ResNet's feature map."""
-    backbone = architecture.get("backbone")
-    stride = resnet.backbone_stride(backbone["block_units"]) if backbone else 1
-    return tuple(size // (patch * stride) for size, patch in
-                 zip(architecture["image_size"], architecture["patch_size"]))
 
 
 def assign_state(model, state, reinitialise=(), source="checkpoint"):
